@@ -1,0 +1,169 @@
+"""Quantizer base class, the name registry and the compiled-path switch.
+
+A quantizer is an ``nn.Module`` mapping a tensor to its fake-quantized value (same shape, same
+dtype) with a straight-through gradient. ``bits`` is settable at run time (LLT and OneMPS switch
+bits every step); ``bits == 32`` means "not quantized": :meth:`Quantizer.full_precision` runs
+instead (identity, except HWGQ where it is a ReLU).
+
+Every quantizer keeps its math in pure functions (``core.quant.functional``) called through
+:func:`kernel`. With :func:`set_compiled` ``(True)`` those calls go to ``torch.compile``d versions of
+the same functions (compiled lazily, once per function); the eager functions are the reference and
+the fallback when compilation fails.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+
+FULL_PRECISION = 32
+DEFAULT_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
+ROLES = ("weight", "activation")
+
+QUANTIZERS: dict[str, type[Quantizer]] = {}
+
+_COMPILED = False
+_BACKEND = "inductor"
+_COMPILED_FNS: dict[tuple[Callable, str], Callable] = {}
+_FAILED: set[Callable] = set()
+
+
+def register_quantizer(name: str) -> Callable[[type[Quantizer]], type[Quantizer]]:
+    """Class decorator adding a :class:`Quantizer` subclass to ``QUANTIZERS`` under ``name``."""
+
+    def deco(cls: type[Quantizer]) -> type[Quantizer]:
+        if name in QUANTIZERS and QUANTIZERS[name] is not cls:
+            raise ConfigError(f"quantizer name {name!r} is already registered by {QUANTIZERS[name]!r}")
+        QUANTIZERS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def create_quantizer(name: str, bits: int, **options: Any) -> Quantizer:
+    """Build the quantizer registered as ``name`` at ``bits`` bits.
+
+    Unknown names or options raise :class:`~core.errors.ConfigError` listing the valid ones.
+    """
+    if name not in QUANTIZERS:
+        raise ConfigError(f"unknown quantizer {name!r}; registered quantizers: {sorted(QUANTIZERS)}")
+    cls = QUANTIZERS[name]
+    try:
+        return cls(bits, **options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for quantizer {name!r}: {options} ({exc})") from exc
+
+
+def set_compiled(enabled: bool, backend: str = "inductor") -> None:
+    """Switch every quantizer's math to its ``torch.compile``d version (``True``) or eager (``False``).
+
+    Compilation happens lazily on the first call of each function (and input signature) and is
+    cached. Worth it for long runs (the fused inductor kernel is several times faster on CPU);
+    leave it off where compile time dominates (tests, short jobs: the first inductor compile takes
+    10 s to minutes on a small CPU). Default: off. ``backend`` is passed to ``torch.compile``
+    (``"aot_eager"`` traces through dynamo and AOTAutograd without code generation; useful to check
+    the traced graphs quickly).
+    """
+    global _COMPILED, _BACKEND
+    _COMPILED = bool(enabled)
+    _BACKEND = backend
+
+
+def is_compiled() -> bool:
+    """Whether the compiled path is on (see :func:`set_compiled`)."""
+    return _COMPILED
+
+
+def kernel(fn: Callable) -> Callable:
+    """``fn`` itself (eager path) or its compiled version when the compiled path is on."""
+    if not _COMPILED or fn in _FAILED:
+        return fn
+    compiled = _COMPILED_FNS.get((fn, _BACKEND))
+    if compiled is None:
+        compiled = _guarded(fn, torch.compile(fn, backend=_BACKEND))
+        _COMPILED_FNS[(fn, _BACKEND)] = compiled
+    return compiled
+
+
+def _guarded(fn: Callable, compiled: Callable) -> Callable:
+    """Call ``compiled``; if compiling fails, warn once and use the eager ``fn`` from then on."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if fn in _FAILED:
+            return fn(*args, **kwargs)
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as exc:  # compile errors come in many types (dynamo, inductor, C++ toolchain)
+            _FAILED.add(fn)
+            warnings.warn(
+                f"torch.compile of {fn.__name__} failed ({type(exc).__name__}: {exc}); "
+                "using the eager version",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return fn(*args, **kwargs)
+
+    call.__name__ = f"compiled_{fn.__name__}"
+    return call
+
+
+class Quantizer(nn.Module, metaclass=abc.ABCMeta):
+    """Base class: a fake quantizer with a settable bit-width and a straight-through gradient.
+
+    Subclasses implement :meth:`quantize` (``bits < 32``) and may override :meth:`full_precision`
+    and ``supported_bits``. ``role`` is ``"weight"`` or ``"activation"``; layers pass it so a
+    quantizer can pick its convention (e.g. LSQ signed for weights, unsigned for activations).
+    """
+
+    name: str = ""
+    supported_bits: tuple[int, ...] = DEFAULT_BITS
+
+    def __init__(self, bits: int, role: str = "activation") -> None:
+        super().__init__()
+        if role not in ROLES:
+            raise ConfigError(f"quantizer role must be one of {ROLES}, got {role!r}")
+        self.role = role
+        self._bits = FULL_PRECISION
+        self.bits = bits
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @bits.setter
+    def bits(self, value: int) -> None:
+        value = int(value)
+        self.check_bits(value)
+        self._bits = value
+
+    def check_bits(self, bits: int) -> None:
+        """Raise :class:`ConfigError` when ``bits`` is not supported by this quantizer."""
+        if bits not in self.supported_bits:
+            raise ConfigError(
+                f"{self.name or type(self).__name__} quantizer does not support {bits} bits; "
+                f"supported: {list(self.supported_bits)}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._bits >= FULL_PRECISION:
+            return self.full_precision(x)
+        return self.quantize(x)
+
+    def full_precision(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``bits == 32`` behaviour: identity."""
+        return x
+
+    @abc.abstractmethod
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized ``x`` at ``self.bits`` (< 32)."""
+
+    def extra_repr(self) -> str:
+        return f"bits={self._bits}, role={self.role}"
