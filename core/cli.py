@@ -48,7 +48,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from core.data import check_dataset
 
-    report = check_dataset(args.name, args.root)
+    report = check_dataset(args.name, args.root, verify=args.verify)
     for key, value in report.items():
         print(f"{key}: {value}")
     return 0
@@ -62,7 +62,7 @@ def _cmd_bops(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mpq", description="Mixed-precision quantization: faithful paper implementations and benchmarks.")
+        prog="mpq", description="Mixed-precision quantization: faithful paper implementations, benchmarks.")
     sub = parser.add_subparsers(title="command groups", metavar="COMMAND")
 
     p = sub.add_parser("env", help="versions, device, and whether mmcv ops are available")
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a dataset layout and print counts")
     c.add_argument("name", help="digits | cifar10 | cifar100 | imagenet | coco")
     c.add_argument("--root", default=None, help="dataset root directory (not needed for digits)")
+    c.add_argument("--verify", action="store_true", help="also decode every image and count unreadable ones")
     c.set_defaults(func=_cmd_data_check)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
 

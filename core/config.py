@@ -1,0 +1,328 @@
+"""Typed YAML configs: nested dataclasses, ``_base_`` inheritance and ``a.b=value`` overrides.
+
+A config is a (possibly nested) ``@dataclass``. :func:`load_config` reads a YAML file (which may say
+``_base_: other.yaml`` or a list of such paths, relative to the file), merges command-line overrides
+``key.sub=value`` (values parsed as YAML, so ``bits=[2,3,4]`` is a list and ``lr=0.1`` a float), and
+builds the dataclass, validating every key and type on the way:
+
+>>> from dataclasses import dataclass, field
+>>> @dataclass
+... class Demo:
+...     optim: OptimConfig = field(default_factory=OptimConfig)
+...     bits: list[int] = field(default_factory=lambda: [2, 4])
+>>> load_config(Demo, None, ["optim.lr=0.05", "bits=[2,3]"]).optim.lr
+0.05
+
+Errors (:class:`~core.errors.ConfigError`) name the dotted key; an unknown key lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from core.errors import ConfigError
+
+__all__ = [
+    "DataConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "load_config", "build_config",
+    "config_to_dict", "save_config", "parse_overrides", "read_yaml",
+]
+
+BASE_KEY = "_base_"
+
+
+# --------------------------------------------------------------------------- common sub-schemas
+@dataclasses.dataclass
+class DataConfig:
+    """Dataset and loader. ``image_size=None`` means the dataset's default (``dataset_info``)."""
+
+    name: str = "digits"
+    root: str | None = None
+    image_size: int | None = None
+    resize_size: int | None = None  # imagenet val: Resize(resize_size) then CenterCrop(image_size)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    augment: bool = True
+    batch_size: int = 128  # global batch size (split across DDP ranks)
+    val_batch_size: int | None = None
+    workers: int = 4
+    skip_corrupt: bool = False
+    fast_decode: bool = True  # imagenet: torchvision.io decoding + tensor transforms (False: PIL reference)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimizer plus the per-step knobs of the default classification step."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # None: no clipping
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """Learning-rate schedule; ``warmup_epochs`` of linear warm-up precede any of them."""
+
+    name: Literal["step", "multistep", "cosine", "constant"] = "cosine"
+    epochs: int = 90
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.0  # lr factor at step 0 of the warm-up
+    step_size: int = 30  # "step": lr * gamma ** (epoch // step_size)
+    gamma: float = 0.1
+    milestones: list[int] = dataclasses.field(default_factory=list)  # "multistep"
+    min_lr: float = 0.0  # "cosine": final lr
+    per_step: bool = True  # update every iteration (False: only at epoch boundaries)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where and how a run executes. ``resume``: ``auto`` (latest checkpoint in out_dir, if any),
+    ``none`` (start fresh), or a checkpoint path."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    resume: str = "auto"
+    deterministic: bool = False
+    compile: bool = False
+    log_every: int = 50
+    eval_every: int = 1
+    keep_checkpoints: int | None = None  # per-epoch checkpoints kept (None: all); last.pt always
+    tensorboard: bool = False
+
+
+# --------------------------------------------------------------------------- YAML reading
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML mapping, resolving ``_base_`` (str or list, relative to the file) recursively."""
+    path = Path(path).expanduser().resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"circular _base_ inheritance: {chain}")
+    if not path.is_file():
+        where = f" (inherited by {_seen[-1]})" if _seen else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML in {path}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a config must be a mapping, got {type(data).__name__}")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path)))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["a.b=1", "c=[2,3]"]`` -> ``{"a": {"b": 1}, "c": [2, 3]}`` (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"malformed override {item!r}: expected key=value, e.g. optim.lr=0.1")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------- typed construction
+def load_config(schema_cls: type, path: str | os.PathLike | None = None,
+                overrides: list[str] | None = None) -> Any:
+    """Read ``path`` (optional), apply ``overrides`` and build a validated ``schema_cls`` instance."""
+    data = read_yaml(path) if path else {}
+    data = _deep_merge(data, parse_overrides(overrides))
+    return build_config(schema_cls, data)
+
+
+def build_config(schema_cls: type, data: dict, prefix: str = "") -> Any:
+    """Build a dataclass from a plain mapping, validating keys and types (used by load_config)."""
+    if not dataclasses.is_dataclass(schema_cls):
+        raise TypeError(f"{schema_cls!r} is not a dataclass")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of "
+                          f"{schema_cls.__name__} fields, got {_show(data)}")
+    hints = typing.get_type_hints(schema_cls)
+    fields = {f.name: f for f in dataclasses.fields(schema_cls) if f.init}
+    for key in data:
+        if key not in fields:
+            valid = ", ".join(fields) or "(none)"
+            raise ConfigError(f"unknown config key {prefix}{key!s}: valid keys"
+                              f"{' under ' + prefix.rstrip('.') if prefix else ''} are: {valid}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
+        elif dataclasses.is_dataclass(hints[name]) and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            kwargs[name] = build_config(hints[name], {}, f"{prefix}{name}.")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required config key {prefix}{name} "
+                              f"({_type_name(hints[name])}); set it in the YAML or as {prefix}{name}=...")
+    return schema_cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: expected {_type_name(tp)}, got {_show(value)}")
+    if origin is Literal:
+        if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
+            return value
+        raise ConfigError(f"config key {key}: expected one of {list(args)}, got {_show(value)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return build_config(tp, value, f"{key}.") if isinstance(value, dict) else _type_error(key, tp, value)
+    if origin in (list, tuple, set, frozenset) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            _type_error(key, tp, value)
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(f"config key {key}: expected {_type_name(tp)} ({len(args)} items), "
+                                  f"got {_show(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return (origin or tp)(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            _type_error(key, tp, value)
+        if not args:
+            return dict(value)
+        return {_coerce(k, args[0], f"{key}.<key>"): _coerce(v, args[1], f"{key}.{k}")
+                for k, v in value.items()}
+    if tp is bool:
+        return value if isinstance(value, bool) else _type_error(key, tp, value)
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value if ok else _type_error(key, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        return _type_error(key, tp, value)
+    if tp is str:
+        return value if isinstance(value, str) else _type_error(key, tp, value)
+    if tp is Path:
+        return Path(value) if isinstance(value, (str, Path)) else _type_error(key, tp, value)
+    if isinstance(tp, type):
+        return value if isinstance(value, tp) else _type_error(key, tp, value)
+    raise TypeError(f"config key {key}: unsupported annotation {tp!r} in the schema")
+
+
+def _type_error(key: str, tp: Any, value: Any) -> Any:
+    raise ConfigError(f"config key {key}: expected {_type_name(tp)}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+# --------------------------------------------------------------------------- output
+def config_to_dict(cfg: Any) -> Any:
+    """A dataclass (or nested containers) as plain YAML/JSON types (tuples -> lists, Paths -> str)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {str(k): config_to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple, set, frozenset)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, os.PathLike):
+        return os.fspath(cfg)
+    return cfg
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, but lists of scalars on one line (``bits: [2, 3, 4]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML atomically (temporary file in the same directory, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,114 @@
+"""DDP: 2 processes (gloo on CPU) with batch B/2 each == 1 process with batch B.
+
+Per-step training loss, validation metrics (sharded without padding, counts reduced over ranks) and
+the final parameters must agree within 1e-5 (float32 summation order is the only difference).
+The fast test forks the two ranks from the test process with torchrun's environment variables; the
+``slow`` one launches them with ``torchrun`` itself (this file is then the worker script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import Subset
+
+from core.config import OptimConfig, ScheduleConfig
+from core.data import build_dataset, build_loader
+from core.engine import (
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    destroy_distributed,
+    init_distributed,
+    is_main,
+    seed_everything,
+)
+
+GLOBAL_BATCH = 32
+TOL = 1e-5
+
+
+def run(out_dir: Path) -> None:
+    torch.set_num_threads(1)
+    info = init_distributed("cpu")
+    seed_everything(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10))
+    train = Subset(build_dataset("digits", split="train", image_size=8), range(256))
+    val = build_dataset("digits", split="val", image_size=8)
+    loader = build_loader(train, GLOBAL_BATCH // info.world_size, train=True, workers=0, seed=0)
+    opt = build_optimizer(OptimConfig(lr=0.2), model.parameters())
+    sched = build_scheduler(ScheduleConfig(name="cosine", epochs=2), opt, len(loader))
+    trainer = Trainer(model, opt, loader, build_loader(val, 50, train=False, workers=0), epochs=2,
+                      schedulers=sched, run_dir=out_dir, log_every=1, resume="none")
+    trainer.fit()
+    if is_main():
+        torch.save({k: v.clone() for k, v in trainer.module.state_dict().items()}, out_dir / "params.pt")
+    destroy_distributed()
+
+
+def _forked_rank(rank: int, out_dir: Path, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    run(out_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_gloo_matches_one_process(tmp_path):
+    run(tmp_path / "single")  # first: the forked ranks then inherit an initialised torch (fast start)
+    torch.multiprocessing.start_processes(_forked_rank, args=(tmp_path / "ddp", _free_port()), nprocs=2,
+                                          start_method="fork", join=True)
+    _compare(tmp_path)
+
+
+@pytest.mark.slow  # three python start-ups (torch import); ~10 s on an idle 2-core machine
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run(tmp_path / "single")
+    _compare(tmp_path)
+
+
+def _compare(tmp_path: Path) -> None:
+
+    ddp, single = _records(tmp_path / "ddp"), _records(tmp_path / "single")
+    assert len(ddp) == len(single) == 2 * 8 + 2  # 8 steps per epoch + one epoch line each
+    for a, b in zip(ddp, single):
+        assert a["step"] == b["step"] and a["kind"] == b["kind"]
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_count"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], abs=TOL), (key, a, b)
+    assert single[-1]["val_count"] == ddp[-1]["val_count"] == 397
+    p_ddp = torch.load(tmp_path / "ddp" / "params.pt", weights_only=True)
+    p_one = torch.load(tmp_path / "single" / "params.pt", weights_only=True)
+    for name in p_one:
+        assert torch.allclose(p_ddp[name], p_one[name], atol=TOL, rtol=0), name
+    # the run really trained: parameters moved far more than the tolerance
+    seed_everything(0)
+    init = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10)).state_dict()
+    assert max((p_one[k] - init[k]).abs().max().item() for k in init) > 100 * TOL
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))
