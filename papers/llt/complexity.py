@@ -1,0 +1,43 @@
+"""Per-layer MACs and weight counts for the ILP, from ``core.bops`` (``limpq`` or ``exact`` convention).
+
+The official search counts every conv with a hook that computes the output size by true division
+(``limpq``); the ``exact`` convention floors it (what the forward pass really computes). The
+searchable layers are those named in the indicators; every other conv/linear layer (the first conv
+and fc for the official models) is fixed at 8-bit weights and outside the BitOPs budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+
+from core.bops import count
+from core.errors import PolicyError
+from papers.llt.ilp import LayerCosts
+
+MAC_CONVENTIONS = ("limpq", "exact")
+
+
+def layer_costs(model: nn.Module, names: list[str], input_size: tuple[int, int, int] = (3, 224, 224),
+                convention: str = "limpq") -> LayerCosts:
+    """MACs (under ``convention``) and weight elements of the searchable ``names``, model order kept as
+    given; the rest of the conv/linear weights become ``fixed_numel``."""
+    if convention not in MAC_CONVENTIONS:
+        raise PolicyError(f"MAC convention {convention!r} is not one of {MAC_CONVENTIONS}")
+    report = count(model, input_size, convention=convention)
+    rows = {r.name: r for r in report.rows}
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise PolicyError(f"indicator layer(s) {unknown[:5]} are not conv/linear layers of the model "
+                          f"(its layers: {list(rows)[:6]}...); indicators and --model must match")
+    not_run = [n for n in names if rows[n].calls == 0]
+    if not_run:
+        raise PolicyError(f"layer(s) {not_run[:5]} never ran in the forward pass; they cannot be searched")
+    searchable = set(names)
+    return LayerCosts(
+        names=tuple(names),
+        macs=np.array([rows[n].macs for n in names], dtype=np.float64),
+        numel=np.array([rows[n].weight_numel for n in names], dtype=np.float64),
+        fixed_numel=int(sum(r.weight_numel for r in report.rows if r.name not in searchable)),
+        fixed_macs=float(sum(r.macs for r in report.rows if r.name not in searchable)),
+        convention=convention)

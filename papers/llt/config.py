@@ -1,0 +1,73 @@
+"""One config per reported setting, read by ``mpq llt indicators``, ``search``-from-config and ``finetune``.
+
+A run directory ``run.out_dir`` holds ``indicators/`` (stage 1 run, ``indicators.json``), ``policy.json``
+(the ILP's result) and ``finetune/`` (stage 3 run, ``results.json``). Defaults are the supplementary's
+recipe plus the official code's extras; each is a key that can be overridden (``key=value``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from core.config import DataConfig, OptimConfig, RunConfig, ScheduleConfig
+from papers.llt.common import ModelConfig
+from papers.llt.search import SearchSettings
+
+DEFAULT_BITS = [6, 5, 4, 3, 2]
+
+
+@dataclass
+class IndicatorStage:
+    """Alg. 1 training. ``file``: use an existing indicators file (e.g. the official release) instead."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=0.01, momentum=0.9, weight_decay=2.5e-5, label_smoothing=0.1, grad_clip=1.0,
+        grad_clip_mode="value"))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", epochs=5))
+    batch_size: int | None = None  # None: data.batch_size
+    random_policies: int = 1  # K of supplementary Eq. 3 (the paper sets K = 1)
+    random_policy: Literal["joint", "independent"] = "joint"  # one bit per layer for W and A, or two
+    drop_zero_grads: bool = True  # official: a parameter whose gradient is exactly 0 is not updated
+    eval_bits: list[int] | None = None  # key policies evaluated after each epoch (None: max and min)
+    file: str | None = None
+
+
+@dataclass
+class FinetuneStage:
+    """Official fine-tuning recipe. ``policy``: fine-tune this policy file instead of searching one."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=0.04, momentum=0.9, weight_decay=2.5e-5, label_smoothing=0.1))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
+        name="cosine", epochs=90, warmup_epochs=5, warmup_start_factor=0.00025, min_lr=1e-5))
+    batch_size: int | None = None  # None: data.batch_size
+    first_layer: Literal["w8", "w8a8", "float"] = "w8"  # first conv: 8-bit weights, input unquantized
+    last_layer: Literal["w8a8", "w8", "float"] = "w8a8"  # fc: 8-bit weights and input
+    bn_calibration_images: int = 6000  # 0 disables BN statistics re-estimation
+    policy: str | None = None
+    # float weights: "pretrained" (model.pretrained, the official recipe) or "indicators" (the stage-1
+    # network, its BNs taken at each layer's searched weight bits; for the small configs without one)
+    init: Literal["pretrained", "indicators"] = "pretrained"
+
+
+@dataclass
+class LLTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/llt"))
+    bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))
+    indicators: IndicatorStage = field(default_factory=IndicatorStage)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    finetune: FinetuneStage = field(default_factory=FinetuneStage)
+    table_row: str | None = None  # id of the paper's table row this config reproduces
+
+    @property
+    def indicators_path(self) -> Path:
+        return Path(self.indicators.file) if self.indicators.file else \
+            Path(self.run.out_dir) / "indicators" / "indicators.json"
+
+    @property
+    def policy_path(self) -> Path:
+        return Path(self.finetune.policy) if self.finetune.policy else Path(self.run.out_dir) / "policy.json"

@@ -1,0 +1,56 @@
+"""Every shipped config loads and validates; the weight-only search path on MobileNetV1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.bops import count
+from core.config import load_config
+from core.models import build_model
+from papers.llt.complexity import layer_costs
+from papers.llt.config import LLTConfig
+from papers.llt.ilp import uniform_bitops_budget
+from papers.llt.indicators import ImportanceIndicators
+from papers.llt.search import PAPER_ALPHA, SearchSettings, search_policy
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "papers" / "llt" / "configs"
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def test_configs_exist():
+    assert {p.stem for p in CONFIGS} >= {"resnet50_w3a4_cr12.2", "resnet18_w3a3", "resnet18_w4a4",
+                                         "mobilenet_v1_w4a4", "mobilenet_v1_w4a8_weight_only",
+                                         "cifar10_resnet20", "digits"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_with_the_papers_constants(path):
+    cfg = load_config(LLTConfig, path, [])
+    assert cfg.bits and (cfg.search.w_bits is not None or cfg.search.compression is not None)
+    if cfg.data.name == "imagenet":
+        assert cfg.bits == [6, 5, 4, 3, 2]
+        assert cfg.search.alpha == PAPER_ALPHA[cfg.model.name] and cfg.search.macs == "limpq"
+        assert cfg.indicators.optim.lr == 0.01 and cfg.finetune.optim.lr == 0.04
+        assert cfg.finetune.schedule.epochs == 90 and cfg.finetune.schedule.warmup_epochs == 5
+        assert cfg.finetune.first_layer == "w8" and cfg.finetune.last_layer == "w8a8"
+        assert cfg.table_row
+
+
+def test_weight_only_search_on_mobilenet_v1():
+    model = build_model("mobilenet_v1", num_classes=1000)
+    names = [r.name for r in count(model, (3, 64, 64), convention="limpq").rows if r.counted]
+    rng = np.random.default_rng(0)
+    bits = [6, 5, 4, 3, 2]
+    growth = {6: 1.0, 5: 1.6, 4: 2.7, 3: 4.5, 2: 8.0}
+    scale = rng.uniform(0.5, 2.0, len(names))
+    table = {n: {b: float(s * growth[b] * 0.01) for b in bits} for n, s in zip(names, scale)}
+    ind = ImportanceIndicators(bits=bits, layer_names=names, weight=table, act=table)
+    settings = SearchSettings(alpha=1.0, w_bits=4, a_bits=8, weight_only_a_bits=8, input_size=[3, 64, 64])
+    policy = search_policy(ind, model, settings)
+    assert {a for _, a in policy.layers.values()} == {8}
+    assert len({w for w, _ in policy.layers.values()}) > 1  # a mixed weight policy
+    costs = layer_costs(model, names, (3, 64, 64), "limpq")
+    assert policy.meta["bitops"] <= uniform_bitops_budget(costs, 4, 8)

@@ -1,0 +1,42 @@
+"""End to end on the embedded digits: indicators (Alg. 1) -> ILP -> fine-tuning -> results.json, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.config import load_config
+from core.policy import BitPolicy
+from papers.llt.config import LLTConfig
+from papers.llt.finetune import run_finetune
+from papers.llt.indicators import ImportanceIndicators
+from papers.llt.onetime import run_indicators
+
+CONFIG = "papers/llt/configs/digits.yaml"
+
+
+@pytest.mark.slow
+def test_digits_pipeline_writes_indicators_policy_and_results(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    overrides = [f"run.out_dir={tmp_path}", "data.batch_size=256", "indicators.schedule.epochs=1",
+                 "indicators.eval_bits=[]", "finetune.schedule.epochs=1",
+                 "finetune.bn_calibration_images=256", "run.log_every=1000"]
+    cfg = load_config(LLTConfig, root / CONFIG, overrides)
+    path = run_indicators(cfg)
+    ind = ImportanceIndicators.load(path)
+    assert ind.bits == [6, 4, 3, 2] and len(ind.layer_names) == 6
+    results = run_finetune(cfg)
+    policy = BitPolicy.load(tmp_path / "policy.json")
+    assert list(policy.layers) == ind.layer_names
+    assert policy.meta["bitops"] <= policy.meta["bitops_budget"]
+    saved = json.loads((tmp_path / "finetune" / "results.json").read_text())
+    for key in ("paper", "model", "dataset", "policy", "params", "macs", "bitops", "size_mb", "top1", "top5",
+                "wall_time_s", "device", "seed", "code_version"):
+        assert key in saved
+    assert saved["top1"] == pytest.approx(results["top1"]) and saved["bn_calibration_images"] == 256
+    # resuming a finished run re-uses the checkpoint instead of training again
+    again = run_finetune(cfg)
+    assert again["wall_time_s"]["train"] < results["wall_time_s"]["train"]
