@@ -14,6 +14,7 @@ from core.errors import ConfigError
 from core.nn.mixed import DEFAULT_A_CANDIDATES, DEFAULT_W_CANDIDATES, MixedConv2d, MixedLinear
 from core.nn.qlayers import QConv2d, QLinear, accepts_option
 from core.nn.switchable import SwitchableBatchNorm2d, _sync_bns
+from core.quant import FULL_PRECISION, Quantizer
 
 MODES = ("fixed", "mixed", "switchable")
 EDGE_OPTIONS = ("float", "w8", "w8a8", "quantize")
@@ -105,8 +106,10 @@ def _build(m: nn.Module, spec: QuantSpec, edge: str | None, is_first: bool) -> n
         if is_first and accepts_option(spec.edge_a_quant, "signed"):
             a_opts["signed"] = True
         a_bits = 8 if edge == "w8a8" else 32
-        return cls_fixed.from_float(m, w_bits=8, a_bits=a_bits, w_quant=spec.edge_w_quant,
-                                    a_quant=spec.edge_a_quant, a_options=a_opts, bit_frozen=True)
+        layer = cls_fixed.from_float(m, w_bits=8, a_bits=a_bits, w_quant=spec.edge_w_quant,
+                                     a_quant=spec.edge_a_quant, a_options=a_opts, bit_frozen=True)
+        freeze_full_precision_quantizers(layer)  # a `w8` input quantizer is never used
+        return layer
     if spec.mode == "mixed":
         cls_mixed = MixedConv2d if isinstance(m, nn.Conv2d) else MixedLinear
         return cls_mixed.from_float(m, w_candidates=spec.w_candidates, a_candidates=spec.a_candidates,
@@ -116,6 +119,18 @@ def _build(m: nn.Module, spec: QuantSpec, edge: str | None, is_first: bool) -> n
     return cls_fixed.from_float(m, w_bits=spec.w_bits, a_bits=spec.a_bits, w_quant=spec.w_quant,
                                 a_quant=spec.a_quant, w_options=_options(spec, "weight"),
                                 a_options=_options(spec, "activation"))
+
+
+def freeze_full_precision_quantizers(model: nn.Module) -> int:
+    """Stop gradients to the parameters of quantizers at 32 bits (pass-through): they take no part in
+    the forward, and DDP rejects trainable parameters that receive no gradient. Returns how many
+    quantizers were frozen. Call it again after changing bits (e.g. after applying a policy)."""
+    frozen = 0
+    for mod in model.modules():
+        if isinstance(mod, Quantizer) and mod.bits >= FULL_PRECISION:
+            mod.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

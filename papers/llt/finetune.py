@@ -38,9 +38,8 @@ from core.engine import (
     unwrap,
 )
 from core.errors import CheckpointError, PolicyError
-from core.nn import QuantSpec, quantize_model
+from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
-from core.quant import FULL_PRECISION, Quantizer
 from papers.llt.common import build_float_model, build_loaders, input_size
 from papers.llt.config import LLTConfig
 from papers.llt.indicators import atomic_write_json
@@ -59,9 +58,7 @@ def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str =
         raise PolicyError(f"the policy does not fit the model: missing {missing[:5]}, not searchable "
                           f"{extra[:5]}; search it with the same --model")
     policy.apply(model, strict=False)
-    for mod in model.modules():  # e.g. the first conv's input quantizer at 32 bits: never used, and an
-        if isinstance(mod, Quantizer) and mod.bits >= FULL_PRECISION:  # unused parameter breaks DDP
-            mod.requires_grad_(False)
+    freeze_full_precision_quantizers(model)  # unused 32-bit quantizer parameters would break DDP
     return names
 
 

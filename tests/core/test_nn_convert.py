@@ -159,3 +159,20 @@ def test_timm_model_is_swapped_without_tracing():
     names = quantize_model(model, spec)
     assert len(names) == 19 and names[0] == "layer1.0.conv1"
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_w8_first_layer_input_quantizer_is_frozen_and_unused():
+    """LLT's first conv (`w8`): 8-bit weights, float input. Its 32-bit input quantizer must hold no
+    trainable parameter (DDP rejects parameters that never receive a gradient)."""
+    from core.nn import QConv2d, QuantSpec, quantize_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.randn(1, 3, 8, 8))
+    quantize_model(model, QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", first="w8", last="w8a8"))
+    first = model[0]
+    assert isinstance(first, QConv2d) and first.w_bits == 8 and first.a_bits == 32
+    assert not any(p.requires_grad for p in first.act_quantizer.parameters())
+    assert all(p.requires_grad for p in first.weight_quantizer.parameters())
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
