@@ -193,7 +193,13 @@ def build_config(schema_cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
+            value = data[name]
+            default = _field_default(f)
+            if isinstance(value, dict) and dataclasses.is_dataclass(default):
+                # a partial section overrides the parent schema's default for it, key by key
+                # (e.g. `search.schedule.epochs=5` keeps the schedule name the schema set)
+                value = _deep_merge(config_to_dict(default), value)
+            kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
         elif dataclasses.is_dataclass(hints[name]) and f.default is dataclasses.MISSING \
                 and f.default_factory is dataclasses.MISSING:
             kwargs[name] = build_config(hints[name], {}, f"{prefix}{name}.")
@@ -201,6 +207,14 @@ def build_config(schema_cls: type, data: dict, prefix: str = "") -> Any:
             raise ConfigError(f"missing required config key {prefix}{name} "
                               f"({_type_name(hints[name])}); set it in the YAML or as {prefix}{name}=...")
     return schema_cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -88,9 +88,26 @@ def kernel(fn: Callable) -> Callable:
         return fn
     compiled = _COMPILED_FNS.get((fn, _BACKEND))
     if compiled is None:
-        compiled = _guarded(fn, torch.compile(fn, backend=_BACKEND))
+        _raise_recompile_limit()
+        # dynamic=True: one graph serves every tensor shape (each layer's weight has its own shape),
+        # so a network compiles each function once per distinct constant (bits, fixed step), not once
+        # per layer; otherwise dynamo's recompile limit (8) is hit and the rest runs eagerly.
+        compiled = _guarded(fn, torch.compile(fn, backend=_BACKEND, dynamic=True))
         _COMPILED_FNS[(fn, _BACKEND)] = compiled
     return compiled
+
+
+RECOMPILE_LIMIT = 64
+
+
+def _raise_recompile_limit() -> None:
+    """Allow up to ``RECOMPILE_LIMIT`` graphs per function (e.g. 8 weight-bit candidates x 2 roles)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for key in ("recompile_limit", "cache_size_limit"):  # the name changed across torch releases
+        if hasattr(cfg, key) and getattr(cfg, key) < RECOMPILE_LIMIT:
+            setattr(cfg, key, RECOMPILE_LIMIT)
 
 
 def _guarded(fn: Callable, compiled: Callable) -> Callable:

@@ -132,3 +132,19 @@ def test_save_roundtrip_atomic(tmp_path):
     data = yaml.safe_load(path.read_text())
     assert data["search"]["size"] == [32, 32] and data == config_to_dict(cfg)
     assert load_config(Experiment, path, []) == cfg
+
+
+def test_partial_section_keeps_parent_schema_defaults():
+    """`outer.sched.epochs=5` must keep the value the parent schema gave `sched.name`, not reset it
+    to the sub-schema's own default."""
+    import dataclasses
+
+    from core.config import ScheduleConfig, load_config
+
+    @dataclasses.dataclass
+    class Outer:
+        sched: ScheduleConfig = dataclasses.field(
+            default_factory=lambda: ScheduleConfig(name="step", epochs=25, step_size=10))
+
+    cfg = load_config(Outer, None, ["sched.epochs=5"])
+    assert (cfg.sched.name, cfg.sched.epochs, cfg.sched.step_size) == ("step", 5, 10)

@@ -56,7 +56,8 @@ def test_mmdet_cocometric_scores_ground_truth_as_perfect(coco_root):
         out = []
         for img_id in sorted(gt.imgs):
             anns = gt.imgToAnns[img_id]
-            boxes = np.array([[x + shift, y, x + w + shift, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+            xywh = [a["bbox"] for a in anns]
+            boxes = np.array([[x + shift, y, x + w + shift, y + h] for x, y, w, h in xywh])
             out.append({"img_id": img_id, "pred_instances": {
                 "bboxes": torch.tensor(boxes, dtype=torch.float32),
                 "scores": torch.ones(len(anns)),
