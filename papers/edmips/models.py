@@ -1,0 +1,97 @@
+"""Model glue: the float networks of the paper, their search models and their fixed-precision models.
+
+Networks (section 5): ``googlenet``, ``inception_v3``, ``resnet18``/``resnet50`` (torchvision),
+``edmips_resnet18``/``edmips_resnet50`` (the official BN-before-conv ResNets, from core.models) and
+``alexnet_bn`` (below); any other name core.models.build_model knows also works. GoogLeNet and
+Inception-V3 are built without their auxiliary classifiers ("all auxiliary losses were removed", section
+5.1) and without torchvision's ``transform_input`` (a re-normalisation for ported weights; models are trained
+from scratch here). The official code has no AlexNet: ``alexnet_bn`` is torchvision's AlexNet (dropout kept)
+with a BatchNorm after every convolution and hidden fully connected layer (before its ReLU), as in the
+HWGQ-Net AlexNet the paper builds on: HWGQ's fixed steps assume unit-variance (batch-normalised) inputs.
+
+In every network the first convolution and the last fully connected layer stay full precision and every
+other Conv2d / Linear is searched (official code; downsample 1x1 convs included).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from core.errors import ConfigError
+from core.models import build_model
+from core.nn import QuantSpec, quantizable_layers, quantize_model
+from papers.edmips.config import ModelConfig, QuantConfig
+
+#: torchvision options that remove the auxiliary heads (and the input re-normalisation).
+AUX_FREE: dict[str, dict] = {
+    "googlenet": {"aux_logits": False, "transform_input": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "transform_input": False, "init_weights": True},
+}
+
+
+def alexnet_bn(num_classes: int = 1000, **kwargs) -> nn.Module:
+    """torchvision's AlexNet with BatchNorm after each conv and hidden fc (before the ReLU)."""
+    model = build_model("alexnet", num_classes=num_classes, **kwargs)
+    features: list[nn.Module] = []
+    for m in model.features:
+        features.append(m)
+        if isinstance(m, nn.Conv2d):
+            features.append(nn.BatchNorm2d(m.out_channels))
+    last = [m for m in model.classifier if isinstance(m, nn.Linear)][-1]
+    classifier: list[nn.Module] = []
+    for m in model.classifier:
+        classifier.append(m)
+        if isinstance(m, nn.Linear) and m is not last:
+            classifier.append(nn.BatchNorm1d(m.out_features))
+    model.features, model.classifier = nn.Sequential(*features), nn.Sequential(*classifier)
+    return model
+
+
+#: networks assembled here (everything else goes to core.models.build_model).
+LOCAL_MODELS = {"alexnet_bn": alexnet_bn}
+
+
+def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The full-precision network named by ``cfg`` (auxiliary classifiers removed)."""
+    kwargs = {**AUX_FREE.get(cfg.name, {}), **cfg.kwargs}
+    if kwargs.get("aux_logits"):
+        raise ConfigError(f"model.kwargs.aux_logits=true: EdMIPS removes the auxiliary classifiers of "
+                          f"{cfg.name} (section 5.1); drop the option")
+    if cfg.name in LOCAL_MODELS:
+        return LOCAL_MODELS[cfg.name](num_classes=num_classes, **kwargs)
+    return build_model(cfg.name, num_classes=num_classes, **kwargs)
+
+
+def mixed_spec(quant: QuantConfig) -> QuantSpec:
+    """The QuantSpec of the search model: composite layers over the candidates of eq. 17."""
+    return QuantSpec(mode="mixed", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
+                     w_candidates=list(quant.w_candidates), a_candidates=list(quant.a_candidates),
+                     share_weight=quant.shared_weight, first="float", last="float")
+
+
+def fixed_spec(quant: QuantConfig, w_bits: int, a_bits: int) -> QuantSpec:
+    """The QuantSpec of a fixed-precision model (bits then set per layer by a BitPolicy)."""
+    return QuantSpec(mode="fixed", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
+                     w_bits=w_bits, a_bits=a_bits, first="float", last="float")
+
+
+def build_search_model(model: nn.Module, quant: QuantConfig, alpha_init: float = 0.01
+                       ) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+    """Swap every searchable layer of ``model`` (in place) for a composite layer (eq. 14-16) with its
+    architecture parameters set to ``alpha_init`` (section 5.1: 0.01); returns the model and its layers."""
+    quantize_model(model, mixed_spec(quant))
+    layers = quantizable_layers(model)
+    if not layers:
+        raise ConfigError("the model has no searchable layer besides its first conv and last fc")
+    with torch.no_grad():
+        for _, m in layers:
+            m.alpha_w.fill_(alpha_init)
+            m.alpha_a.fill_(alpha_init)
+    return model, layers
+
+
+def quantize_fixed(model: nn.Module, quant: QuantConfig) -> list[str]:
+    """Swap the searchable layers of ``model`` (in place) for fixed-precision quantized layers; the bits
+    are then set per layer by a :class:`core.policy.BitPolicy`. Returns the quantized layer names."""
+    return quantize_model(model, fixed_spec(quant, 32, 32))

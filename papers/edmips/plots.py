@@ -1,0 +1,138 @@
+"""Figures 4 and 6 of the paper, from the files a run leaves behind.
+
+- ``arch_evolution_weights.png`` / ``arch_evolution_activations.png`` (Figure 4): for every searchable layer,
+  the probability pi of each candidate bit-width (eq. 11) per search epoch, read from
+  ``search/arch_history.json``;
+- ``bit_allocation.png`` (Figure 6): the discretised weight and activation bits of every layer, read from
+  ``policy.json``, with each layer's share of the MACs (the cost the bits multiply).
+
+``mpq edmips plot RUN_DIR`` regenerates both from the run directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from core.errors import ConfigError
+
+HISTORY_FILE = "arch_history.json"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def load_history(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run `mpq edmips search` first (it records the architecture "
+                          "evolution there)")
+    try:
+        history = json.loads(path.read_text())
+        _ = history["layers"], history["w_candidates"], history["a_candidates"], history["epochs"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not an EdMIPS architecture history ({exc})") from exc
+    return history
+
+
+def plot_arch_evolution(history: dict, out_dir: str | os.PathLike, ncols: int = 6) -> list[Path]:
+    """Figure 4: per-layer pi of each candidate bit-width versus search epoch (one file per kind)."""
+    plt = _pyplot()
+    layers = history["layers"]
+    epochs = [e["epoch"] for e in history["epochs"]]
+    written = []
+    for kind, key, cands in (("weights", "pi_w", history["w_candidates"]),
+                             ("activations", "pi_a", history["a_candidates"])):
+        nrows = math.ceil(len(layers) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 1.7 * nrows), squeeze=False,
+                                 sharex=True, sharey=True)
+        for idx, ax in enumerate(axes.flat):
+            if idx >= len(layers):
+                ax.axis("off")
+                continue
+            for c, bits in enumerate(cands):
+                ax.plot(epochs, [e[key][idx][c] for e in history["epochs"]], label=f"{bits}-bit")
+            ax.set_title(f"{idx + 1}: {layers[idx]}", fontsize=6)
+            ax.set_ylim(0.0, 1.0)
+            ax.tick_params(labelsize=6)
+        axes.flat[0].legend(fontsize=6, loc="best")
+        fig.suptitle(f"EdMIPS architecture evolution ({kind}): pi per epoch", fontsize=9, y=1.0 + 0.1 / nrows)
+        fig.supxlabel("search epoch", fontsize=8, y=-0.06 / nrows)
+        written.append(_save(fig, Path(out_dir) / f"arch_evolution_{kind}.png"))
+        plt.close(fig)
+    return written
+
+
+def plot_bit_allocation(layers: list[dict], out_path: str | os.PathLike,
+                        macs: dict[str, float] | None = None, title: str = "") -> Path:
+    """Figure 6: weight / activation bits per layer (bars) and each layer's MACs share (line)."""
+    plt = _pyplot()
+    n = len(layers)
+    xs = list(range(1, n + 1))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n + 2), 3.2))
+    ax.bar([x - 0.2 for x in xs], [r["w_bits"] for r in layers], width=0.4, label="weight bits")
+    ax.bar([x + 0.2 for x in xs], [r["a_bits"] for r in layers], width=0.4, label="activation bits")
+    ax.set_xlabel("layer index (model order)")
+    ax.set_ylabel("bits")
+    ax.set_xticks(xs)
+    ax.tick_params(axis="x", labelsize=6)
+    if macs:
+        total = sum(macs.get(r["name"], 0.0) for r in layers) or 1.0
+        ax2 = ax.twinx()
+        ax2.plot(xs, [100.0 * macs.get(r["name"], 0.0) / total for r in layers], "k.--", lw=0.8,
+                 label="MACs share (%)")
+        ax2.set_ylabel("MACs share (%)")
+        ax2.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title or "EdMIPS bit allocation", fontsize=9)
+    path = _save(fig, Path(out_path))
+    plt.close(fig)
+    return path
+
+
+def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Accept the run root or its ``search``/``train`` sub-directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    if run_dir.name in ("search", "train") and not (run_dir / "search").is_dir():
+        run_dir = run_dir.parent
+    return run_dir
+
+
+def plot_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Regenerate every figure the files in ``run_dir`` allow; raises if there is nothing to plot."""
+    run_dir = resolve_run_dir(run_dir)
+    out = run_dir / "plots"
+    written: list[Path] = []
+    history_path = run_dir / "search" / HISTORY_FILE
+    if history_path.is_file():
+        written += plot_arch_evolution(load_history(history_path), out)
+    policy_path = run_dir / "policy.json"
+    if policy_path.is_file():
+        data = json.loads(policy_path.read_text())
+        meta = data.get("meta", {})
+        title = (f"EdMIPS bit allocation ({meta.get('model', '?')}, eta={meta.get('eta', '?')}, "
+                 f"avg bits {meta.get('avg_bits', float('nan')):.3f})")
+        written.append(plot_bit_allocation(data["layers"], out / "bit_allocation.png",
+                                           macs=meta.get("layer_macs"), title=title))
+    if not written:
+        raise ConfigError(f"nothing to plot in {run_dir}: expected search/{HISTORY_FILE} (from `mpq edmips "
+                          "search`) or policy.json (from `mpq edmips discretize`)")
+    return written

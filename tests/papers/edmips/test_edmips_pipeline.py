@@ -1,0 +1,106 @@
+"""End to end on the embedded digits set: search -> discretize -> train through the CLI, plots, resume."""
+
+import argparse
+import json
+
+import pytest
+
+from core.errors import ConfigError
+from core.policy import BitPolicy
+from papers.edmips.cli import CONFIG_DIR, config_path, register
+from papers.edmips.config import load_edmips_config
+
+
+def _fast(out_dir, *extra):
+    return ["-c", "digits", f"run.out_dir={out_dir}", "data.image_size=8", "data.batch_size=32",
+            "model.kwargs={widths: [4, 8, 8], blocks: 1}", "search.schedule.epochs=2",
+            "search.max_steps_per_epoch=3", "train.schedule.epochs=1", "train.schedule.milestones=[1]",
+            "train.max_steps_per_epoch=3", "run.log_every=100", *extra]
+
+
+def _mpq(*argv):
+    parser = argparse.ArgumentParser(prog="mpq")
+    register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.mark.slow  # ~30 s on a loaded 2-core machine, mostly the first import of sklearn and matplotlib
+def test_search_discretize_train_writes_policy_and_results(tmp_path):
+    out = tmp_path / "run"
+    assert _mpq("edmips", "search", *_fast(out)) == 0
+    history = json.loads((out / "search" / "arch_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
+    assert len(history["layers"]) == 6 and history["w_candidates"] == [1, 2, 3, 4]
+
+    assert _mpq("edmips", "discretize", *_fast(out)) == 0
+    policy = BitPolicy.load(out / "policy.json")
+    state = json.loads((out / "search" / "arch_state.json").read_text())
+    assert policy.names == [layer["name"] for layer in state["layers"]]
+    for layer in state["layers"]:  # winner-take-all of eq. 18, weights and activations independently
+        w, a = policy[layer["name"]]
+        assert w == layer["w_candidates"][max(range(4), key=layer["pi_w"].__getitem__)]
+        assert a == layer["a_candidates"][max(range(3), key=layer["pi_a"].__getitem__)]
+    assert policy.meta["method"] == "edmips" and policy.meta["convention"] == "edmips"
+    assert 1.0 <= policy.meta["avg_bits"] <= 4.0
+
+    assert _mpq("edmips", "train", *_fast(out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("paper", "row", "model", "dataset", "policy", "params", "macs", "bops", "size_mb", "top1",
+                "top5", "wall_time_s", "device", "seed", "code_version"):
+        assert key in results, key
+    assert results["paper"] == "edmips" and results["bops"] == pytest.approx(policy.meta["bops"])
+    assert set(results["wall_time_s"]) == {"search", "discretize", "train"}
+    assert 0.0 <= results["top1"] <= 100.0
+
+    assert _mpq("edmips", "plot", str(out)) == 0
+    for png in ("arch_evolution_weights.png", "arch_evolution_activations.png", "bit_allocation.png"):
+        assert (out / "plots" / png).stat().st_size > 1000
+
+
+def test_search_resumes_and_extends(tmp_path):
+    out = tmp_path / "run"
+    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=1"))
+    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=2"))  # resume=auto: one more epoch
+    history = json.loads((out / "search" / "arch_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
+    records = [json.loads(line) for line in (out / "search" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if r.get("kind") == "epoch"]
+    assert epochs == [0, 1]
+
+
+def test_uniform_baseline_and_multinomial_discretize(tmp_path):
+    out = tmp_path / "run"
+    _mpq("edmips", "train", *_fast(out, "train.policy=uniform"))
+    results = json.loads((out / "results.json").read_text())
+    assert {(e["w_bits"], e["a_bits"]) for e in results["policy"]["layers"]} == {(2, 2)}
+    assert results["avg_bits"] == pytest.approx(2.0)
+    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=1"))
+    _mpq("edmips", "discretize", *_fast(out, "discretize.rule=multinomial", "discretize.trials=50",
+                                         "discretize.samples=3", "discretize.target_avg_bits=2.0"))
+    samples = json.loads((out / "discretize_samples.json").read_text())
+    policy = BitPolicy.load(out / "policy.json")
+    assert len(samples) == 3 and policy.meta["rule"] == "multinomial" and policy.meta["trials"] == 50
+
+
+def test_cli_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="packaged"):
+        config_path("no_such_config")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_edmips_config(config_path("digits"), ["search.etaa=1"])
+    with pytest.raises(ConfigError, match="arch_state.json"):
+        _mpq("edmips", "discretize", *_fast(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="discretize"):
+        _mpq("edmips", "train", *_fast(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="nothing to plot"):
+        (tmp_path / "bare").mkdir()
+        _mpq("edmips", "plot", str(tmp_path / "bare"))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_packaged_config_loads(path):
+    cfg = load_edmips_config(path, [])
+    assert cfg.row, f"{path.name} must name its row"
+    assert cfg.search.strategy in ("single_pass", "alternating")
+    assert cfg.discretize.rule in ("argmax", "multinomial")
+    assert cfg.train.policy in ("searched", "uniform", "float")
