@@ -94,7 +94,7 @@ def trainer_kwargs(run: Any = None, optim: Any = None) -> dict:
     if run is not None:
         kw.update(run_dir=run.out_dir, resume=run.resume, log_every=run.log_every,
                   eval_every=run.eval_every, keep_checkpoints=run.keep_checkpoints,
-                  tensorboard=run.tensorboard)
+                  tensorboard=run.tensorboard, compile_quantizers=run.compile)
     if optim is not None:
         kw.update(label_smoothing=optim.label_smoothing, grad_clip=optim.grad_clip,
                   grad_clip_mode=optim.grad_clip_mode)
@@ -116,7 +116,12 @@ class Trainer:
                  resume: str = "none", label_smoothing: float = 0.0, grad_clip: float | None = None,
                  grad_clip_mode: str = "norm", log_every: int = 50, eval_every: int = 1,
                  keep_checkpoints: int | None = None, tensorboard: bool = False,
-                 find_unused_parameters: bool = False, sync_bn: bool = False, config: Any = None):
+                 find_unused_parameters: bool = False, sync_bn: bool = False, config: Any = None,
+                 compile_quantizers: bool | None = None):
+        if compile_quantizers is not None:  # `run.compile`: the quantizers' torch.compile'd kernels
+            from core.quant import set_compiled
+
+            set_compiled(compile_quantizers)
         self.device = torch.device(device) if device is not None else get_info().device
         self.module = model.to(self.device)
         self.model = wrap_ddp(self.module, find_unused_parameters=find_unused_parameters, sync_bn=sync_bn)
