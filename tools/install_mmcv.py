@@ -84,7 +84,8 @@ def build_wheel(dest: Path, with_cuda: bool) -> Path:
              f"mmcv=={MMCV_VERSION}", "-d", str(tmp))
         sdists = glob.glob(str(tmp / f"mmcv-{MMCV_VERSION}.tar.gz"))
         if not sdists:
-            _fail(f"pip did not download mmcv-{MMCV_VERSION}.tar.gz; check that the package index is reachable.")
+            _fail(f"pip did not download mmcv-{MMCV_VERSION}.tar.gz; check that the package index is "
+                  "reachable.")
         with tarfile.open(sdists[0]) as tar:
             tar.extractall(tmp, filter="data")
         src = tmp / f"mmcv-{MMCV_VERSION}"
@@ -96,18 +97,18 @@ def build_wheel(dest: Path, with_cuda: bool) -> Path:
         else:
             env.pop("FORCE_CUDA", None)
             env["CUDA_VISIBLE_DEVICES"] = ""  # build CPU ops only
-        _say(f"building the wheel ({'CPU+CUDA' if with_cuda else 'CPU'} ops); this takes ~12 min on 2 cores ...")
+        ops = "CPU+CUDA" if with_cuda else "CPU"
+        _say(f"building the wheel ({ops} ops); this takes ~12 min on 2 idle cores ...")
         t0 = time.time()
         out = tmp / "wheel"
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
-            env=env,
-        )
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+               "-w", str(out), str(src)]
+        proc = subprocess.run(cmd, env=env)
         if proc.returncode != 0:
             _fail(
-                "building mmcv failed (see the compiler output above). Check that gcc/g++ >= 10 and the Python "
-                "headers are installed, that torch==2.14.1 and ninja are installed in this environment, and "
-                "that there is ~4 GB of free space in the temp directory. Then run "
+                "building mmcv failed (see the compiler output above). Check that gcc/g++ >= 10 and the "
+                "Python headers are installed, that torch==2.14.1 and ninja are installed in this "
+                "environment, and that there is ~4 GB of free space in the temp directory. Then run "
                 "`python tools/install_mmcv.py` again."
             )
         wheels = list(out.glob("mmcv-*.whl"))

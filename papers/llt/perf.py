@@ -110,6 +110,27 @@ def run_perf(indicators_path: str | Path = DEFAULT_INDICATORS) -> dict:
     return out
 
 
+def perf_group(smoke: bool = False) -> list[dict]:
+    """``mpq bench perf`` figures: the Alg. 1 step against a plain LSQ step, and the ResNet-50 ILP solve
+    (official: 0.35 s with CBC; goal 0.1 s) when the released indicators are present."""
+    step = indicator_step_time(model_name="digits_resnet" if smoke else "resnet20",
+                               batch_size=8 if smoke else 32, image_size=16 if smoke else 32,
+                               repeats=1 if smoke else 5, warmup=1 if smoke else 2)
+    rows = [{"name": f"llt indicator step ({step['model']}, b{step['batch_size']}, {len(step['bits'])} bits)",
+             "value": step["indicator_step_s"], "unit": "s", "baseline": "plain LSQ W4A4 step",
+             "baseline_value": step["plain_lsq_step_s"], "ratio": step["ratio"]}]
+    if not smoke and Path(DEFAULT_INDICATORS).is_file():
+        ilp = ilp_solve_time(repeats=5)["full"]
+        rows.append({"name": "llt ILP solve, ResNet-50 (52 layers x 25 choices)",
+                     "value": ilp["solve_s_median"], "unit": "s",
+                     "baseline": "official CBC time (published, i7-8700)", "baseline_value": 0.35,
+                     "ratio": ilp["solve_s_median"] / 0.35})
+    return rows
+
+
+PERF = {"llt": perf_group}
+
+
 if __name__ == "__main__":
     import json
 

@@ -1,0 +1,276 @@
+"""``mpq bench check``: compare every transcribed cell with what mpq computes or what a run produced.
+
+Status of a cell:
+
+- ``match``: mpq's value is within the cell's tolerance (``compare: le``: at most the bound).
+- ``MISMATCH``: it is not (the difference is shown). A cell with its own ``note`` stays a MISMATCH in
+  the report but does not fail the exit code: the note records the suspected erratum.
+- ``not run``: a trained / measured cell of an implemented row with no result yet (``needs`` says
+  what a run takes: GPU, ImageNet, COCO, ...).
+- ``not implemented``: the paper, method or recomputer is not in this repository (the reason is shown).
+- ``ERROR``: a recomputer crashed (a bug; fails the exit code).
+
+Trained / measured cells are compared with ``results.json`` files found (recursively) under
+``--results``: a file reproduces a row when its ``table_row`` / ``row`` (or ``table_rows`` list) is
+the row's full id ``<paper>/<table>/<row>`` or the id the row's config declares (its ``row`` or
+``table_row`` key, which the paper's trainer copies into results.json), or when its ``config`` (a
+path) ends with the row's ``config`` path.
+Metrics are read from the top level or from a ``metrics`` mapping (``top1``, ``top5``, ``map``,
+``tau``, ...; accuracies in percent). Several matching files (seeds) are averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.recompute import (
+    REPO_ROOT,
+    RecomputeContext,
+    RecomputeUnavailable,
+    default_reference_dirs,
+    load_recomputers,
+)
+from benchmarks.schema import Cell, Row, Table, TableFile, load_tables
+from core.errors import DataError, MpqError
+
+MATCH, MISMATCH, NOT_RUN, NOT_IMPLEMENTED, ERROR = "match", "MISMATCH", "not run", "not implemented", "ERROR"
+STATUSES = (MATCH, MISMATCH, NOT_RUN, NOT_IMPLEMENTED, ERROR)
+_METRIC_ALIASES = {"map": ("map", "mAP", "bbox_mAP", "coco/bbox_mAP"), "top1": ("top1", "acc1", "top1_acc"),
+                   "top5": ("top5", "acc5", "top5_acc")}
+
+
+@dataclass
+class CellResult:
+    row: Row
+    cell: Cell
+    status: str
+    mpq: Any = None
+    detail: str = ""
+
+    @property
+    def explained(self) -> bool:
+        """A MISMATCH whose cell carries a note (a documented suspicion about the printed value).
+
+        Only a cell's own note explains its mismatch: a row's note is context (it may be about another cell).
+        """
+        return self.status == MISMATCH and bool(self.cell.note)
+
+
+@dataclass
+class TableResult:
+    file: TableFile
+    table: Table
+    cells: list[CellResult] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    tables: list[TableResult]
+    results_files: list[Path] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for t in self.tables:
+            for c in t.cells:
+                out[c.status] += 1
+        return out
+
+    @property
+    def failures(self) -> list[CellResult]:
+        """Cells that make the exit code non-zero: unexplained mismatches and errors."""
+        return [c for t in self.tables for c in t.cells
+                if c.status == ERROR or (c.status == MISMATCH and not c.explained)]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+# ----------------------------------------------------------------------------- results.json
+def load_results(root: str | Path | None) -> list[tuple[Path, dict]]:
+    """Every ``results.json`` under ``root`` (recursively); a malformed file raises DataError."""
+    if root is None:
+        return []
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"results directory {root} does not exist; "
+                        "pass --results DIR holding results.json files")
+    paths = [root] if root.is_file() else sorted(root.rglob("results.json"))
+    out = []
+    for p in paths:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{p}: not a readable JSON file ({exc}); fix or remove it") from exc
+        if not isinstance(data, dict):
+            raise DataError(f"{p}: expected a JSON object, got {type(data).__name__}")
+        out.append((p, data))
+    return out
+
+
+def _result_metric(data: dict, metric: str) -> float | None:
+    pools = [data] + ([data["metrics"]] if isinstance(data.get("metrics"), dict) else [])
+    for pool in pools:
+        for key in _METRIC_ALIASES.get(metric, (metric,)):
+            value = pool.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+def _result_ids(data: dict) -> set[str]:
+    ids = list(data.get("table_rows") or [])
+    ids += [data[k] for k in ("table_row", "row") if isinstance(data.get(k), str)]
+    return {i for i in ids if isinstance(i, str)}
+
+
+def config_row_id(config: str | None) -> str | None:
+    """The row id a paper config declares for its runs (its ``row`` or ``table_row`` key), if any."""
+    from benchmarks.recomputers import load_yaml_with_base
+
+    path = REPO_ROOT / config if config else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = load_yaml_with_base(path)
+    except Exception:  # noqa: BLE001 - an unreadable config just declares no id
+        return None
+    rid = data.get("row") or data.get("table_row")
+    return rid if isinstance(rid, str) else None
+
+
+def _reproduces(data: dict, key: str, row: Row, config_id: str | None) -> bool:
+    """A results.json reproduces a row when it names the row's id (ours, or the one its config declares)
+    or was produced from the row's config (``config`` path)."""
+    ids = _result_ids(data)
+    if key in ids or (config_id is not None and config_id in ids):
+        return True
+    cfg = data.get("config")
+    return bool(row.config and isinstance(cfg, str) and cfg.replace("\\", "/").endswith(row.config))
+
+
+# ----------------------------------------------------------------------------- comparison
+def compare(cell: Cell, value: Any) -> tuple[bool, str]:
+    """(within tolerance, human-readable difference)."""
+    if isinstance(cell.value, list):
+        if not isinstance(value, (list, tuple)):
+            return False, f"expected a list, mpq gave {value!r}"
+        if len(value) != len(cell.value):
+            return False, f"length {len(value)} vs {len(cell.value)}"
+        diff = [i for i, (a, b) in enumerate(zip(value, cell.value)) if a != b]
+        return len(diff) <= cell.tolerance, f"{len(diff)} of {len(value)} positions differ" + (
+            f" (first at index {diff[0]})" if diff else "")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False, f"mpq gave a non-number {value!r}"
+    if math.isnan(v):
+        return False, "mpq gave NaN"
+    d = v - float(cell.value)
+    if cell.compare == "le":
+        return v <= cell.value + cell.tolerance, f"exceeds the bound by {d:+.6g}" if d > 0 else f"{d:+.6g}"
+    return abs(d) <= cell.tolerance, f"{d:+.6g}"
+
+
+class Checker:
+    """Runs the check over loaded table files (recomputers are discovered once)."""
+
+    def __init__(self, results: list[tuple[Path, dict]] | None = None,
+                 reference_dirs: list[Path] | None = None) -> None:
+        self.results = results or []
+        self.reference_dirs = reference_dirs if reference_dirs is not None else default_reference_dirs()
+        self.recomputers = load_recomputers()
+        self.cache: dict[Any, Any] = {}
+
+    def run(self, files: list[TableFile]) -> CheckReport:
+        tables = []
+        for f in files:
+            for t in f.tables:
+                tr = TableResult(f, t)
+                for row in t.rows:
+                    tr.cells.extend(self.check_row(f, t, row))
+                tables.append(tr)
+        return CheckReport(tables, [p for p, _ in self.results])
+
+    def _recompute(self, f: TableFile, t: Table, row: Row) -> tuple[dict | None, str | None, str]:
+        """(values, status if unavailable/error, detail)."""
+        spec = row.recompute or {}
+        fn = self.recomputers.get(spec.get("name"))
+        if fn is None:
+            return None, NOT_IMPLEMENTED, f"no recomputer {spec.get('name')!r} registered"
+        ctx = RecomputeContext(row, t, f, self.reference_dirs, self.cache)
+        try:
+            return fn(ctx, **spec.get("args", {})), None, ""
+        except RecomputeUnavailable as exc:
+            return None, NOT_IMPLEMENTED, str(exc)
+        except TypeError as exc:
+            return None, ERROR, f"recomputer {spec.get('name')!r} rejected its args: {exc}"
+        except MpqError as exc:
+            return None, ERROR, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - report a crashing recomputer as an ERROR cell
+            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            return None, ERROR, f"recomputer {spec.get('name')!r} crashed: {tb}"
+
+    def check_row(self, f: TableFile, t: Table, row: Row) -> list[CellResult]:
+        key = f.row_key(t, row)
+        out: list[CellResult] = []
+        recomputed: dict | None = None
+        status_if_none, why = None, ""
+        if any(c.kind == "deterministic" for c in row.cells) and row.recompute is not None:
+            recomputed, status_if_none, why = self._recompute(f, t, row)
+        config_id = config_row_id(row.config) if self.results and row.config else None
+        runs = [d for _, d in self.results if _reproduces(d, key, row, config_id)]
+        for cell in row.cells:
+            if cell.kind == "deterministic":
+                out.append(self._deterministic(row, cell, recomputed, status_if_none, why))
+            else:
+                out.append(self._trained(row, cell, runs))
+        return out
+
+    def _deterministic(self, row: Row, cell: Cell, values: dict | None, status: str | None,
+                       why: str) -> CellResult:
+        if row.recompute is None:
+            who = f"{row.method} not in mpq" if row.method else "no recomputer (paper not in mpq)"
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=who)
+        if values is None:
+            return CellResult(row, cell, status or NOT_IMPLEMENTED, detail=why)
+        if cell.metric not in values:
+            return CellResult(row, cell, NOT_IMPLEMENTED,
+                              detail=f"recomputer {row.recompute['name']!r} gives no {cell.metric!r}")
+        ok, diff = compare(cell, values[cell.metric])
+        return CellResult(row, cell, MATCH if ok else MISMATCH, values[cell.metric], "" if ok else diff)
+
+    def _trained(self, row: Row, cell: Cell, runs: list[dict]) -> CellResult:
+        got = [v for v in (_result_metric(d, cell.metric) for d in runs) if v is not None]
+        if got:
+            mean = sum(got) / len(got)
+            ok, diff = compare(cell, mean)
+            detail = f"mean of {len(got)} runs" if len(got) > 1 else ""
+            if not ok:
+                detail = f"{diff}" + (f", {detail}" if detail else "")
+            return CellResult(row, cell, MATCH if ok else MISMATCH, mean, detail)
+        if not row.implemented:
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=f"{row.method or 'method'} not in mpq")
+        if row.config and not (REPO_ROOT / row.config).is_file():
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=f"config {row.config} not found")
+        needs = ", ".join(row.needs) if row.needs else "a run"
+        return CellResult(row, cell, NOT_RUN, detail=f"needs: {needs}")
+
+
+def run_check(results_dir: str | Path | None = None, paper: str | None = None,
+              reference_dirs: list[str | Path] | None = None, table_paths: list[str | Path] | None = None
+              ) -> CheckReport:
+    """Load the tables (optionally one paper's) and the results, and check every cell."""
+    files = load_tables(table_paths, paper=paper)
+    results = load_results(results_dir)
+    checker = Checker(results, default_reference_dirs(reference_dirs))
+    return checker.run(files)
+
+
+__all__ = ["CellResult", "TableResult", "CheckReport", "Checker", "run_check", "load_results", "compare",
+           "STATUSES", "MATCH", "MISMATCH", "NOT_RUN", "NOT_IMPLEMENTED", "ERROR"]

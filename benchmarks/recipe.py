@@ -1,0 +1,123 @@
+"""The one training recipe every policy of the cross-method benchmark is trained with.
+
+Methods differ only in the policy they return: the network and its initialisation (one seeded init
+per seed, the same one every search receives through ``SearchRequest.build_model``), the quantizers
+(core ``QConv2d`` with LSQ weights and activations; first conv and last linear float), the optimizer,
+schedule, epochs, batch size and seed handling below are the same for every method, for the uniform
+baselines and for the float reference. Every network is trained from that initialisation (as EdMIPS
+trains its final models from scratch): on the small benchmark data this separates bit-widths by
+several points, where fine-tuning a converged float model leaves them within noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from core.engine import seed_everything
+from core.errors import PolicyError
+from core.nn import QuantSpec, quantize_model
+from core.policy import BitPolicy
+
+
+@dataclass
+class Recipe:
+    """Hyper-parameters of the shared recipe (one instance per benchmark run)."""
+
+    epochs: int = 6
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    quantizer: str = "lsq"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _loader(dataset: Dataset, batch_size: int, seed: int, train: bool) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, generator=g,
+                      num_workers=0)
+
+
+def train_epochs(model: nn.Module, train_set: Dataset, epochs: int, lr: float, recipe: Recipe, seed: int,
+                 device: torch.device | str) -> None:
+    """SGD (momentum, weight decay) with a per-step cosine schedule, cross-entropy loss."""
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    loader = _loader(train_set, recipe.batch_size, seed, train=True)
+    total = max(1, epochs * len(loader))
+    step = 0
+    for _ in range(epochs):
+        for images, targets in loader:
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            images, targets = images.to(device), targets.to(device)
+            loss = F.cross_entropy(model(images), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+
+
+@torch.no_grad()
+def val_top1(model: nn.Module, val_set: Dataset, device: torch.device | str, batch_size: int = 256) -> float:
+    """Top-1 (percent) on the whole validation split, in eval mode."""
+    was_training = model.training
+    model.to(device).eval()
+    correct = total = 0
+    for images, targets in _loader(val_set, batch_size, 0, train=False):
+        logits = model(images.to(device))
+        correct += int((logits.argmax(1) == targets.to(device)).sum())
+        total += int(targets.numel())
+    model.train(was_training)
+    return 100.0 * correct / max(1, total)
+
+
+def seeded_builder(build: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
+    """``build`` made deterministic: every call returns a fresh model with the same init for ``seed``
+    (the global RNG state is left untouched)."""
+
+    def fresh() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build()
+
+    return fresh
+
+
+def quantized_model(build: Callable[[], nn.Module], policy: BitPolicy | None, recipe: Recipe) -> nn.Module:
+    """A fresh model; with a policy, its searchable layers become LSQ ``QConv2d``/``QLinear`` at the
+    policy's bits (first conv and last linear stay float, as in the search request)."""
+    model = build()
+    if policy is None:
+        return model
+    spec = QuantSpec(mode="fixed", w_quant=recipe.quantizer, a_quant=recipe.quantizer, first="float",
+                     last="float")
+    names = quantize_model(model, spec)
+    missing = [n for n in names if n not in policy]
+    if missing:
+        raise PolicyError(f"the policy has no bits for layer(s) {missing[:4]}; a search must return every "
+                          f"searchable layer ({len(names)} layers)")
+    policy.apply(model)
+    return model
+
+
+def train_policy(build: Callable[[], nn.Module], policy: BitPolicy | None, train_set: Dataset,
+                 val_set: Dataset, recipe: Recipe, seed: int,
+                 device: torch.device | str) -> tuple[float, float]:
+    """(val top-1 after training ``policy`` (None: float) with the shared recipe, seconds)."""
+    seed_everything(seed)
+    start = time.perf_counter()
+    model = quantized_model(build, policy, recipe)
+    train_epochs(model, train_set, recipe.epochs, recipe.lr, recipe, seed, device)
+    return val_top1(model, val_set, device), time.perf_counter() - start

@@ -1,0 +1,169 @@
+"""Rendering of ``mpq bench check``: one side-by-side table per paper table, as text or markdown."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.check import MISMATCH, STATUSES, CellResult, CheckReport
+from benchmarks.schema import Cell
+
+
+def format_value(value: Any, cell: Cell | None = None, mpq: bool = False) -> str:
+    """A reported value as printed (when transcribed) and mpq's value with a few more digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        head = ",".join(str(v) for v in value[:6])
+        return f"[{head}{',...' if len(value) > 6 else ''}] ({len(value)})"
+    if cell is not None and not mpq and cell.printed:
+        return cell.printed.replace("\\times", "x").replace("{", "").replace("}", "").replace("\\", "")
+    if isinstance(value, bool):
+        return str(value)
+    printed = (cell.printed or "").strip() if cell is not None else ""
+    if mpq and printed.endswith("G"):
+        return f"{float(value) / 1e9:.4f} G"
+    if mpq and "10^" in printed:
+        return f"{float(value):.4e}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e15):
+        return f"{int(value):,}"
+    v = float(value)
+    if abs(v) >= 1e6:
+        return f"{v / 1e9:.4f} G" if abs(v) >= 1e9 else f"{v / 1e6:.4f} M"
+    return f"{v:.6g}" if mpq else f"{v:g}"
+
+
+def status_text(c: CellResult) -> str:
+    text = c.status
+    if c.status == MISMATCH:
+        text += f" ({c.detail})" if c.detail else ""
+        if c.explained:
+            text += " [noted]"
+    elif c.detail:
+        text += f" ({c.detail})"
+    return text
+
+
+def _rows(report: CheckReport) -> list[tuple[str, list[list[str]], list[str]]]:
+    """Per table: heading, body rows [row, metric, reported, mpq, status], notes to print below."""
+    out = []
+    for tr in report.tables:
+        body, notes = [], []
+        for c in tr.cells:
+            unit = "" if c.cell.unit in ("count", "1", "x") else f" {c.cell.unit}"
+            reported = format_value(c.cell.value, c.cell) + unit
+            prefix = "<= " if c.cell.compare == "le" else ""
+            body.append([c.row.id, c.cell.metric, prefix + reported,
+                         format_value(c.mpq, c.cell, mpq=True) if c.mpq is not None else "", status_text(c)])
+            if c.status == MISMATCH:
+                note = c.cell.note
+                why = f"note: {note}" if note else "NO NOTE: unexplained"
+                notes.append(f"{c.row.id}.{c.cell.metric}: {why}")
+        src = tr.table.source
+        heading = (f"{tr.file.paper} / {tr.table.id}: {tr.table.title} "
+                   f"[{src.get('file', '?')}, {src.get('table', '?')}]")
+        out.append((heading, body, notes))
+    return out
+
+
+def summary_line(report: CheckReport) -> str:
+    counts = report.counts()
+    parts = [f"{counts[s]} {s}" for s in STATUSES if counts[s] or s != "ERROR"]
+    explained = sum(1 for t in report.tables for c in t.cells if c.explained)
+    if counts[MISMATCH]:
+        parts[1] += f" ({explained} explained by a note)"
+    verdict = "FAIL" if report.exit_code else "OK"
+    return f"summary: {', '.join(parts)} -> {verdict}"
+
+
+_HEAD = ["row", "metric", "reported", "mpq", "status"]
+
+
+def render_text(report: CheckReport) -> str:
+    lines = []
+    for heading, body, notes in _rows(report):
+        widths = [max(len(r[i]) for r in [_HEAD] + body) for i in range(4)]
+        lines += ["", heading, "  ".join(h.ljust(w) for h, w in zip(_HEAD[:4], widths)) + "  status",
+                  "-" * (sum(widths) + 8 + 30)]
+        for r in body:
+            lines.append("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+        lines += [f"  * {n}" for n in notes]
+    if report.results_files:
+        lines += ["", f"results.json files read: {len(report.results_files)}"]
+    lines += ["", summary_line(report)]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_markdown(report: CheckReport, title: str = "mpq bench check") -> str:
+    lines = [f"# {title}", ""]
+    for heading, body, notes in _rows(report):
+        lines += [f"## {_md(heading)}", "", "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+        lines += ["| " + " | ".join(_md(v) for v in r) + " |" for r in body]
+        if notes:
+            lines += [""] + [f"- {_md(n)}" for n in notes]
+        lines.append("")
+    lines += [f"**{summary_line(report)}**", ""]
+    return "\n".join(lines)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (no half-written report)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_bops(x: float) -> str:
+    return f"{x / 1e6:.3f} M" if x < 1e9 else f"{x / 1e9:.3f} G"
+
+
+def render_quick_markdown(data: dict, images: list[str]) -> str:
+    """The cross-method benchmark report: one table (mean +- std over seeds), settings and environment."""
+    s, env = data["settings"], data["environment"]
+    rec = s["recipe"]
+    seeds = " ".join(str(x) for x in s["seeds"])
+    lines = [
+        f"# Cross-method benchmark ({s['dataset']})", "",
+        f"{env['date']} on `{env['machine']}` ({env['processor']}, {env['cpu_count']} CPUs, torch "
+        f"{env['torch']}, {env['torch_threads']} threads, device {env['device']}); total wall time "
+        f"{env['wall_seconds']:.0f} s" + (f"; load average at the end {env['load_average']}"
+                                         if env.get("load_average") else "") + ".", "",
+        f"Network `{s['model']}` {s['model_kwargs']} at {s['image_size']}x{s['image_size']}; candidates "
+        f"W{list(s['w_candidates'])} A{list(s['a_candidates'])}; first conv and last linear float; budgets "
+        f"{list(s['budgets'])} average bits (budget_bops = b^2 x MACs of the searchable layers, core.bops "
+        f"bpnas convention); search epochs {s['search_epochs']}; seeds {seeds}.",
+        f"Shared recipe: every network (float, uniform, each method's policy) trained {rec['epochs']} epochs "
+        f"from the seed's initialisation with LSQ QConv2d (SGD lr {rec['lr']}, momentum {rec['momentum']}, "
+        f"wd {rec['weight_decay']}, cosine, batch {rec['batch_size']}); top-1 on the val split.",
+        "",
+        "| method | budget (avg bits) | BOPs | avg bits | top-1 (%) | search (s) | train (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(data["summary"], key=lambda r: (r["kind"] != "baseline", r["method"],
+                                                     r["budget_avg_bits"] or 0, r["bops"])):
+        budget = "-" if r["budget_avg_bits"] is None else f"{r['budget_avg_bits']:g}"
+        flag = " (over budget)" if r["over_budget"] else ""
+        lines.append(f"| {r['method']} | {budget} | {_fmt_bops(r['bops'])} | {r['avg_bits']:.3f}{flag} | "
+                     f"{r['top1']:.2f} +- {r['top1_std']:.2f} (n={r['seeds']}) | {r['search_seconds']:.1f} | "
+                     f"{r['train_seconds']:.1f} |")
+    lines.append("")
+    if data.get("failures"):
+        lines += ["**Failures:**", ""] + [f"- {f}" for f in data["failures"]] + [""]
+    if data.get("unavailable_methods"):
+        lines += ["Unavailable methods: " + ", ".join(f"{k} ({v})" for k, v in
+                                                       data["unavailable_methods"].items()), ""]
+    lines += [f"![{img}]({img})" for img in images] + [""]
+    return "\n".join(lines)

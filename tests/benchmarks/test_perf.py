@@ -1,0 +1,44 @@
+"""`mpq bench perf --smoke`: every group runs (or says why not), figures carry their baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import perf
+from core.cli import main
+from core.errors import ConfigError
+
+
+def test_builtin_groups_smoke() -> None:
+    results: list[perf.Measurement] = []
+    for group in ("fakequant", "bops", "data"):
+        results += perf.run_perf(only=group, smoke=True, log=lambda m: None)
+    by = {m.name: m for m in results}
+    native = by["native learnable fake-quant fwd+bwd"]
+    assert native.baseline == "relu fwd+bwd"
+    assert native.ratio == pytest.approx(native.value / native.baseline_value)
+    assert by["lsq vs native: max |grad x| difference"].value < 1e-6
+    assert by["lsq vs native: grad step relative difference"].value < 1e-4
+    assert any(m.group == "bops" and m.ratio and m.ratio > 0 for m in results)
+    assert any(m.group == "data" and m.unit == "img/s" and m.value > 0 for m in results)
+    assert all(m.value > 0 or math.isnan(m.value) or "difference" in m.name for m in results)
+
+
+def test_perf_cli_json_and_unknown_group(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "perf.json"
+    assert main(["bench", "perf", "--smoke", "--only", "fakequant", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {"name", "value", "unit", "baseline", "baseline_value", "ratio"} <= set(data[0])
+    assert "native learnable fake-quant fwd+bwd" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown perf group"):
+        perf.run_perf(only="nope", smoke=True)
+
+
+def test_paper_groups_are_discovered_or_explained() -> None:
+    groups = perf.paper_groups()
+    for name, fn in groups.items():
+        assert callable(fn) or (isinstance(fn, str) and fn.startswith("unavailable:")), name
