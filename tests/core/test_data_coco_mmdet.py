@@ -58,7 +58,8 @@ def test_mmdet_cocometric_scores_ground_truth_as_perfect(coco_root):
             anns = gt.imgToAnns[img_id]
             xywh = [a["bbox"] for a in anns]
             boxes = np.array([[x + shift, y, x + w + shift, y + h] for x, y, w, h in xywh])
-            out.append({"img_id": img_id, "pred_instances": {
+            info = gt.imgs[img_id]
+            out.append({"img_id": img_id, "ori_shape": (info["height"], info["width"]), "pred_instances": {
                 "bboxes": torch.tensor(boxes, dtype=torch.float32),
                 "scores": torch.ones(len(anns)),
                 "labels": torch.tensor([cat_ids.index(a["category_id"]) for a in anns])}})
