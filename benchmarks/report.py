@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.check import MISMATCH, STATUSES, CellResult, CheckReport
 from benchmarks.schema import Cell
+from core.io import atomic_write_text
 
 
 def format_value(value: Any, cell: Cell | None = None, mpq: bool = False) -> str:
@@ -113,17 +112,8 @@ def render_markdown(report: CheckReport, title: str = "mpq bench check") -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (no half-written report)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (no half-written report)."""
+    atomic_write_text(path, text)
 
 
 def _fmt_bops(x: float) -> str:

@@ -17,13 +17,13 @@ import difflib
 import json
 import numbers
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from core.errors import PolicyError
+from core.io import atomic_write_text
 
 MAX_BITS = 32  #: 32 bits means "not quantized".
 _ENTRY_KEYS = ("name", "w_bits", "a_bits")
@@ -216,22 +216,11 @@ class BitPolicy:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file in the same directory, then ``os.replace``)."""
-        path = os.fspath(path)
         try:
             text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"policy meta is not JSON-serialisable: {exc}") from exc
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".policy-", suffix=".json.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, text + "\n")
 
     # ------------------------------------------------------------------ model checks
     def validate(self, model: nn.Module, w_bits: Iterable[int] | None = None,

@@ -39,12 +39,17 @@ def _fail(msg: str) -> None:
     sys.exit(1)
 
 
-def _installed_ok() -> bool:
+def _import_error() -> str | None:
+    """None when mmcv MMCV_VERSION and its compiled ops import here, else the reason."""
     code = (
         "import mmcv, mmcv.ops, sys; from mmcv.ops import nms; "
         f"sys.exit(0 if mmcv.__version__ == '{MMCV_VERSION}' else 3)"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or "").strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode} (another mmcv version?)"
 
 
 def _torch_info() -> tuple[str, bool]:
@@ -124,7 +129,7 @@ def build_wheel(dest: Path, with_cuda: bool) -> Path:
 
 
 def main() -> None:
-    if _installed_ok():
+    if _import_error() is None:
         _say(f"mmcv {MMCV_VERSION} with ops already installed")
         return
     torch_version, with_cuda = _torch_info()
@@ -135,9 +140,14 @@ def main() -> None:
     wheel = cached[0] if cached else build_wheel(dest, with_cuda)
     if cached:
         _say(f"using cached wheel {wheel}")
-    _pip("install", "--no-deps", "--force-reinstall", str(wheel))
-    if not _installed_ok():
-        _fail(f"installed {wheel} but `import mmcv.ops` fails; delete {dest} and run again to rebuild.")
+    # mmcv's own requirements (addict, yapf, opencv, mmengine pinned as the project pins it) come from
+    # the index; only mmcv itself is reinstalled from the cached wheel.
+    _pip("install", "--force-reinstall", "--no-deps", str(wheel))
+    _pip("install", str(wheel), "mmengine==0.10.7")
+    error = _import_error()
+    if error is not None:
+        _fail(f"installed {wheel} but `import mmcv.ops` fails ({error}); delete {dest} and run again "
+              "to rebuild.")
     _say("done")
 
 

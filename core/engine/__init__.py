@@ -18,9 +18,10 @@ from core.engine.dist import (
 )
 from core.engine.mmengine_compat import mmengine_safe_globals, mmengine_safe_loading
 from core.engine.optim import build_optimizer, build_scheduler, lr_factor
-from core.engine.rundir import MetricsLogger, Progress, RunDir, atomic_write_text, log
+from core.engine.rundir import MetricsLogger, Progress, RunDir, log
 from core.engine.seed import resolve_device, rng_state, seed_everything, set_rng_state
 from core.engine.trainer import ClassificationTrainer, Trainer, accuracy, evaluate, move_to, trainer_kwargs
+from core.io import atomic_write_text
 
 __all__ = [
     "Checkpointer", "check_plain", "load_checkpoint", "DistInfo", "all_reduce_mean", "all_reduce_sum",

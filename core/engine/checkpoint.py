@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from core.engine.dist import is_main
 from core.errors import CheckpointError
+from core.io import atomic_path
 
 __all__ = ["Checkpointer", "load_checkpoint", "check_plain"]
 
@@ -75,17 +75,8 @@ class Checkpointer:
         self.keep = keep
 
     def _atomic_save(self, state: dict, path: Path) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(state, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     def save(self, state: dict, name: str | None = None, epoch: int | None = None) -> Path | None:
         """Save ``state`` as ``name`` (default ``epoch_{epoch:04d}.pt``) and update ``last.pt``.

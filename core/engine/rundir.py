@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from core.config import save_config
 from core.engine.dist import barrier, is_main
 from core.errors import ConfigError
+from core.io import atomic_write_text
 
 __all__ = ["RunDir", "MetricsLogger", "Progress", "atomic_write_text", "log"]
 
@@ -25,22 +25,6 @@ def log(msg: str) -> None:
     """Print on rank 0 only (flushed, so CI logs interleave correctly)."""
     if is_main():
         print(msg, flush=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class RunDir:

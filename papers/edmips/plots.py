@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from core.errors import ConfigError
+from core.io import atomic_path
 
 HISTORY_FILE = "arch_history.json"
 
@@ -31,10 +32,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return path
 
 

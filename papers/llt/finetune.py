@@ -38,11 +38,11 @@ from core.engine import (
     unwrap,
 )
 from core.errors import CheckpointError, PolicyError
+from core.io import atomic_write_json
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
 from papers.llt.common import build_float_model, build_loaders, input_size
 from papers.llt.config import LLTConfig
-from papers.llt.indicators import atomic_write_json
 from papers.llt.search import search_from_config
 
 

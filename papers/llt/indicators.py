@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch.nn as nn
 
 from core.errors import PolicyError
+from core.io import atomic_write_json
 
 DDP_PREFIX = "module."
 
@@ -129,20 +129,6 @@ class ImportanceIndicators:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file in the same folder, then ``os.replace``)."""
         atomic_write_json(Path(path), self.to_dict())
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def extract_indicators(model: nn.Module, bits: list[int], layer_names: list[str] | None = None,
