@@ -14,37 +14,7 @@ from core.bops import CONVENTIONS, annotate_macs, count, expected_bops, parse_in
 from core.errors import ConfigError, PolicyError
 from core.models import build_model
 from core.policy import BitPolicy, policy_layer_names
-
-
-class FixedConv(nn.Conv2d):
-    """A fixed-bit layer as core.nn exposes it: a Conv2d with settable .w_bits / .a_bits."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.w_bits, self.a_bits = 32, 32
-
-
-class MixedConv(nn.Conv2d):
-    """A searchable layer as core.nn exposes it: candidates, pi_w/pi_a and expected bits (eq. 13)."""
-
-    def __init__(self, *args, w_candidates=(1, 2, 3, 4), a_candidates=(2, 3, 4), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.w_candidates, self.a_candidates = list(w_candidates), list(a_candidates)
-        self.alpha_w = nn.Parameter(torch.full((len(self.w_candidates),), 0.01))
-        self.alpha_a = nn.Parameter(torch.full((len(self.a_candidates),), 0.01))
-
-    def pi_w(self):
-        return torch.softmax(self.alpha_w, 0)
-
-    def pi_a(self):
-        return torch.softmax(self.alpha_a, 0)
-
-    def expected_w_bits(self):
-        return (self.pi_w() * torch.tensor(self.w_candidates, dtype=torch.float)).sum()
-
-    def expected_a_bits(self):
-        return (self.pi_a() * torch.tensor(self.a_candidates, dtype=torch.float)).sum()
-
+from tests.core.layer_doubles import FixedConv, MixedConv
 
 # Published configurations (facts, typed in as constants). EdMIPS official code: indices into
 # w {1,2,3,4} and a {2,3,4}, layers in module order (conv1, conv2[, conv3], downsample).

@@ -6,45 +6,17 @@ import json
 import os
 
 import pytest
-import torch
 from torch import nn
 
 from core.errors import PolicyError
 from core.policy import BitPolicy, policy_layer_names
+from tests.core.layer_doubles import FixedConv, MixedConv
 
 # EdMIPS's published ResNet-18 configuration (official code; indices into w {1,2,3,4}, a {2,3,4}).
 EDMIPS_R18_A = [0, 0, 0, 0, 0, 0, 2, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0]
 EDMIPS_R18_W = [0, 0, 0, 0, 2, 1, 3, 1, 0, 2, 1, 3, 1, 0, 2, 1, 3, 1, 1]
 
 
-class FixedConv(nn.Conv2d):
-    """A fixed-bit layer as core.nn exposes it: a Conv2d with settable .w_bits / .a_bits."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.w_bits, self.a_bits = 32, 32
-
-
-class MixedConv(nn.Conv2d):
-    """A searchable layer as core.nn exposes it: candidates, pi_w/pi_a and expected bits."""
-
-    def __init__(self, *args, w_candidates=(1, 2, 3, 4), a_candidates=(2, 3, 4), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.w_candidates, self.a_candidates = list(w_candidates), list(a_candidates)
-        self.alpha_w = nn.Parameter(torch.full((len(self.w_candidates),), 0.01))
-        self.alpha_a = nn.Parameter(torch.full((len(self.a_candidates),), 0.01))
-
-    def pi_w(self):
-        return torch.softmax(self.alpha_w, 0)
-
-    def pi_a(self):
-        return torch.softmax(self.alpha_a, 0)
-
-    def expected_w_bits(self):
-        return (self.pi_w() * torch.tensor(self.w_candidates, dtype=torch.float)).sum()
-
-    def expected_a_bits(self):
-        return (self.pi_a() * torch.tensor(self.a_candidates, dtype=torch.float)).sum()
 
 
 def small_float() -> nn.Sequential:
