@@ -23,8 +23,9 @@ from torch.nn import functional as F
 
 from core.errors import ConfigError
 from core.nn.qlayers import build_quantizer, copy_float_params
-from core.quant.base import is_compiled
-from core.quant.edmips import HWGQQuantizer
+from core.quant import functional
+from core.quant.base import is_compiled, kernel
+from core.quant.edmips import GaussianQuantizer, HWGQQuantizer
 from core.quant.mixture import hwgq_mixture
 
 SAMPLING_MODES = ("softmax", "gumbel_soft", "gumbel_hard", "single_path")
@@ -140,8 +141,13 @@ class _MixedMixin:
     def composite_weight(self, gates: torch.Tensor | None = None) -> torch.Tensor:
         """``W_bar = sum_i g_i Q_i(W_i)``: eq. (16) with shared ``W``, eq. (15) with unshared weights."""
         gates = self.gates_w() if gates is None else gates
+        quants = list(self.w_quantizers)
+        if is_compiled() and self.share_weight and all(type(q) is GaussianQuantizer for q in quants):
+            coefs = tuple(q.coefs.get(q.bits, 0.0) for q in quants)
+            bits = tuple(q.bits for q in quants)
+            return kernel(functional.gaussian_composite)(self.weight, gates, coefs, bits)
         out = None
-        for i, quant in enumerate(self.w_quantizers):
+        for i, quant in enumerate(quants):
             term = gates[i] * quant(self.candidate_weight(i))
             out = term if out is None else out + term
         return out
@@ -150,10 +156,12 @@ class _MixedMixin:
         """``x_bar = sum_j g_j a_j(x)`` (eq. 12). HWGQ candidates use one fused autograd function."""
         gates = self.gates_a() if gates is None else gates
         quants = list(self.a_quantizers)
-        if not is_compiled() and all(type(q) is HWGQQuantizer for q in quants):
-            steps = [q.steps.get(q.bits, 0.0) for q in quants]
-            levels = [2**q.bits - 1 if q.bits < 32 else 0 for q in quants]
-            return hwgq_mixture(x, gates, steps, levels)
+        if all(type(q) is HWGQQuantizer for q in quants):
+            steps = tuple(q.steps.get(q.bits, 0.0) for q in quants)
+            levels = tuple(2**q.bits - 1 if q.bits < 32 else 0 for q in quants)
+            if is_compiled():  # one compiled graph for all candidates
+                return kernel(functional.hwgq_mixture_sum)(x, gates, steps, levels)
+            return hwgq_mixture(x, gates, steps, levels)  # eager: one fused autograd function
         out = None
         for j, quant in enumerate(quants):
             term = gates[j] * quant(x)

@@ -112,3 +112,27 @@ def sign_quant(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         if scale is not None:
             b = b * scale
     return b + torch.where(w.abs() <= 1, w - w.detach(), 0.0)
+
+
+def hwgq_mixture_sum(x: torch.Tensor, gates: torch.Tensor, steps: tuple[float, ...],
+                     levels: tuple[int, ...]) -> torch.Tensor:
+    """EdMIPS eq. (12) with HWGQ candidates, ``sum_j gates_j HWGQ_j(x)``, as ONE function so that the
+    compiled path fuses every candidate into one kernel (the step cost then barely grows with the
+    candidates, section 4.4). ``levels_j == 0`` is a full-precision (ReLU) candidate."""
+    out = torch.zeros_like(x)
+    for j, (step, lev) in enumerate(zip(steps, levels)):
+        term = torch.relu(x) if lev <= 0 else hwgq_quant(x, step, lev)
+        out = out + gates[j] * term
+    return out
+
+
+def gaussian_composite(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[float, ...],
+                       bits: tuple[int, ...]) -> torch.Tensor:
+    """EdMIPS eq. (16) with Gaussian mid-rise candidates on one shared ``w``:
+    ``sum_i gates_i Q_i(w)``, one function (one fused kernel on the compiled path). ``bits_i >= 32`` is
+    the float weight."""
+    out = torch.zeros_like(w)
+    for i, (coef, b) in enumerate(zip(coefs, bits)):
+        term = w if b >= 32 else gaussian_midrise(w, coef, b)
+        out = out + gates[i] * term
+    return out

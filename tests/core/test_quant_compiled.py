@@ -78,3 +78,33 @@ def test_compile_failure_warns_and_falls_back(monkeypatch):
         assert call(torch.ones(2)).tolist() == [2.0, 2.0]
     assert eager in qbase._FAILED
     assert call(torch.ones(1)).tolist() == [2.0]  # no second warning: the eager path is used directly
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_mixed_conv_equals_eager(compiled, backend):
+    """EdMIPS's composite layer on the compiled path (each mixture one compiled function) gives the
+    eager layer's output and gradients (to x, W, alpha_w, alpha_a)."""
+    from core.nn import MixedConv2d
+
+    torch.manual_seed(0)
+    m = MixedConv2d(4, 6, 3, padding=1, bias=False)
+    with torch.no_grad():
+        m.alpha_w.copy_(torch.randn(4))
+        m.alpha_a.copy_(torch.randn(3))
+    x = torch.randn(2, 4, 6, 6) * 1.5
+
+    def run():
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        (y * torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape).cos()).sum().backward()
+        grads = [xi.grad] + [p.grad.clone() for p in (m.weight, m.alpha_w, m.alpha_a)]
+        m.zero_grad()
+        return [y.detach()] + grads
+
+    set_compiled(False)
+    ref = run()
+    set_compiled(True, backend=backend)
+    out = run()
+    assert not qbase._FAILED, "torch.compile failed; the eager fallback ran instead"
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
