@@ -8,7 +8,7 @@ while torch 2.14's headers need C++20. This script:
 2. otherwise installs a cached wheel from ``$MPQ_CACHE_DIR/wheels`` (default ``~/.cache/mpq/wheels``,
    honouring ``XDG_CACHE_HOME``), keyed by Python, torch version and CPU/CUDA ops;
 3. otherwise downloads the sdist from the package index, raises the C++ standard to c++20, builds a
-   wheel with ``MMCV_WITH_OPS=1`` (CUDA ops too when nvcc and a GPU are present; ~12 min on 2 cores),
+   wheel with ``MMCV_WITH_OPS=1`` (CUDA ops too when nvcc and a GPU are present; ~23 min on 2 idle cores),
    stores it in the cache (atomically) and installs it.
 
 Every tox env runs this, so all envs share one build. Run it by hand with ``python tools/install_mmcv.py``.
@@ -103,7 +103,7 @@ def build_wheel(dest: Path, with_cuda: bool) -> Path:
             env.pop("FORCE_CUDA", None)
             env["CUDA_VISIBLE_DEVICES"] = ""  # build CPU ops only
         ops = "CPU+CUDA" if with_cuda else "CPU"
-        _say(f"building the wheel ({ops} ops); this takes ~12 min on 2 idle cores ...")
+        _say(f"building the wheel ({ops} ops); this takes ~23 min on 2 idle cores ...")
         t0 = time.time()
         out = tmp / "wheel"
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
