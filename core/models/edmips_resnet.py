@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from core.models.registry import register_model
+from core.models.registry import init_weights, register_model
 
 
 def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
@@ -100,12 +100,7 @@ class EdMIPSResNet(nn.Module):
         # there and also accepts other input sizes.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):  # normal(0, sqrt(2 / (k*k*out))) as in the official code
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # conv: normal(0, sqrt(2 / (k*k*out))) as in the official code
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn1(self.maxpool(self.conv1(x)))

@@ -42,6 +42,20 @@ def register_model(name: str | None = None, *, input_size: tuple[int, int, int] 
     return decorator
 
 
+def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
+    """He (fan-out) normal conv weights, BatchNorm weight 1 / bias 0 and, with ``linear_std``,
+    normal(0, linear_std) linear weights with zero bias, in module order (so a seed gives the same model)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0, linear_std)
+            nn.init.zeros_(m.bias)
+
+
 def _torchvision_names() -> list[str]:
     import torchvision
 

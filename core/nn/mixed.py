@@ -168,6 +168,13 @@ class _MixedMixin:
             out = term if out is None else out + term
         return out
 
+    def _copy_from_float(self, module: nn.Module) -> None:
+        """Weight and bias of ``module``; with unshared weights (eq. 15) every candidate starts from it."""
+        copy_float_params(module, self)
+        if not self.share_weight and hasattr(self, "extra_weights"):
+            with torch.no_grad():
+                self.extra_weights.copy_(module.weight.unsqueeze(0).expand_as(self.extra_weights))
+
     def _mixed_repr(self) -> str:
         return f", w_candidates={self.w_candidates}, a_candidates={self.a_candidates}, " \
             f"share_weight={self.share_weight}, sampling={self.sampling}"
@@ -210,10 +217,7 @@ class MixedConv2d(_MixedMixin, nn.Conv2d):
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                   module.dilation, module.groups, module.bias is not None, module.padding_mode,
                   device=module.weight.device, dtype=module.weight.dtype, **spec)
-        copy_float_params(module, new)
-        if not new.share_weight and hasattr(new, "extra_weights"):
-            with torch.no_grad():
-                new.extra_weights.copy_(module.weight.unsqueeze(0).expand_as(new.extra_weights))
+        new._copy_from_float(module)
         return new
 
     def extra_repr(self) -> str:
@@ -237,10 +241,7 @@ class MixedLinear(_MixedMixin, nn.Linear):
         """A ``MixedLinear`` with ``module``'s shape, weight and bias (copied to every candidate)."""
         new = cls(module.in_features, module.out_features, module.bias is not None,
                   device=module.weight.device, dtype=module.weight.dtype, **spec)
-        copy_float_params(module, new)
-        if not new.share_weight and hasattr(new, "extra_weights"):
-            with torch.no_grad():
-                new.extra_weights.copy_(module.weight.unsqueeze(0).expand_as(new.extra_weights))
+        new._copy_from_float(module)
         return new
 
     def extra_repr(self) -> str:
