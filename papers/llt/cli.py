@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="search weights only, every activation fixed at A_BITS (e.g. 8)")
     p.add_argument("--no-nonmonotone-rule", action="store_true",
                    help="do not penalise non-monotone indicators (the official code does)")
+    p.add_argument("--solver", choices=["bnb", "highs"], default="bnb",
+                   help="exact solver: mpq's branch and bound (default) or scipy's HiGHS MILP")
     p.add_argument("-o", "--output", default="policy.json")
     p.set_defaults(func=_cmd_search)
 
@@ -97,7 +99,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     settings = SearchSettings(alpha=alpha, bits=args.bits, w_bits=args.w_bits, a_bits=args.a_bits,
                               compression=args.compression, weight_only_a_bits=args.weight_only,
                               macs=args.macs, nonmonotone_rule=not args.no_nonmonotone_rule,
-                              input_size=list(args.input_size))
+                              solver=args.solver, input_size=list(args.input_size))
     policy = search_policy(indicators, model, settings)
     policy.meta.update(model=args.model, indicators=str(args.indicators),
                        total_time_s=time.perf_counter() - t0)
@@ -115,7 +117,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
           f"{m['fp_size_mb']:.3f} MB float; compression {m['compression_ratio']:.4f}")
     if m["penalised_choices"]:
         print(f"penalised (non-monotone) choices forced by the budget: {m['penalised_choices']}")
-    print(f"ILP solve {m['solve_time_s'] * 1e3:.1f} ms, matrices {m['build_time_s'] * 1e3:.1f} ms, "
+    print(f"ILP solve {m['solve_time_s'] * 1e3:.1f} ms ({m['solver']}), "
+          f"matrices {m['build_time_s'] * 1e3:.1f} ms, "
           f"MAC counting {m['mac_count_time_s'] * 1e3:.1f} ms; wrote {args.output}")
     return 0
 

@@ -48,6 +48,7 @@ class SearchSettings:
     macs: str = "limpq"
     fixed_w_bits: int = 8
     nonmonotone_rule: bool = True
+    solver: str = "bnb"  # exact either way: "bnb" (mpq's branch and bound) or "highs" (scipy's MILP)
     input_size: list[int] | None = None  # None: the config's data size, or 3x224x224 on the CLI
 
 
@@ -81,7 +82,7 @@ def search_policy(indicators: ImportanceIndicators, model: nn.Module, settings: 
     size_budget = size_budget_bits(costs, settings.compression) if settings.compression else None
     sol = solve_ilp(sw, sa, costs, alpha=settings.alpha, w_candidates=w_cands, a_candidates=a_cands,
                     bitops_budget=bitops_budget, size_budget=size_budget, fixed_w_bits=settings.fixed_w_bits,
-                    nonmonotone_rule=settings.nonmonotone_rule)
+                    nonmonotone_rule=settings.nonmonotone_rule, solver=settings.solver)
     fp_bits = costs.fp_size_bits()
     meta = {
         "method": "llt",
@@ -104,7 +105,7 @@ def search_policy(indicators: ImportanceIndicators, model: nn.Module, settings: 
         "objective": sol.objective,
         "penalised_choices": sol.penalised,
         "nonmonotone_rule": settings.nonmonotone_rule,
-        "solver": "scipy.optimize.milp (HiGHS), mip_rel_gap=0",
+        "solver": sol.stats.get("solver"),
         "solve_time_s": sol.solve_time_s,
         "build_time_s": sol.build_time_s,
         "mac_count_time_s": t_costs,

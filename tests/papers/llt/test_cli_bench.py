@@ -41,9 +41,18 @@ def test_cli_search_writes_a_policy_within_budget(resnet18_indicators, tmp_path,
     meta = policy.meta
     assert meta["bitops"] <= meta["bitops_budget"] and meta["compression_ratio"] >= 9
     assert meta["alpha"] == 3.0  # the paper's alpha for ResNet-18
+    assert meta["solver"] == "bnb"
     assert "compression" in capsys.readouterr().out
     rc = main(["llt", "plot", str(out), "-o", str(tmp_path / "bits.png")])
     assert rc == 0 and (tmp_path / "bits.png").stat().st_size > 1000
+    # the generic MILP as the option gives a policy of the same objective
+    out_highs = tmp_path / "policy_highs.json"
+    rc = main(["llt", "search", "--indicators", str(path), "--model", "resnet18", "--w-bits", "3",
+               "--a-bits", "3", "--compression", "9", "--input-size", "3", "64", "64", "--solver", "highs",
+               "-o", str(out_highs)])
+    highs = BitPolicy.load(out_highs).meta
+    assert rc == 0 and highs["solver"] == "highs"
+    assert highs["objective"] == pytest.approx(meta["objective"], rel=1e-9)
 
 
 def test_cli_search_infeasible_budget_exits_2_and_writes_nothing(resnet18_indicators, tmp_path, capsys):

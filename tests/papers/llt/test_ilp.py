@@ -53,17 +53,18 @@ def _brute_force(sw, sa, costs, alpha, bitops_budget, size_budget, fixed_w_bits=
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("which", ["bitops", "size", "both"])
-@pytest.mark.parametrize("exact_tricks", [True, False])
-def test_ilp_is_optimal_against_brute_force(seed, which, exact_tricks):
+@pytest.mark.parametrize("solver", ["bnb", "highs"])
+def test_ilp_is_optimal_against_brute_force(seed, which, solver):
     sw, sa, costs = _instance(seed)
     bitops = uniform_bitops_budget(costs, 3, 3) if which in ("bitops", "both") else None
     size = size_budget_bits(costs, 11.0) if which in ("size", "both") else None
     sol = solve_ilp(sw, sa, costs, alpha=2.0, w_candidates=BITS, a_candidates=BITS, bitops_budget=bitops,
-                    size_budget=size, prune_dominated=exact_tricks, reduced_cost_fixing=exact_tricks)
+                    size_budget=size, solver=solver)
     best_obj, (w_best, a_best) = _brute_force(sw, sa, costs, 2.0, bitops, size)
     assert sol.objective == pytest.approx(best_obj, rel=1e-12)
     assert (sol.w_bits, sol.a_bits) == (w_best, a_best)
     assert sol.status == "optimal"
+    assert sol.stats["solver"] == solver
 
 
 def test_each_constraint_alone_is_respected_and_binding():

@@ -40,10 +40,11 @@ def resnet50_setup():
 
 
 @needs_reference
-def test_search_returns_the_published_policy(resnet50_setup):
+@pytest.mark.parametrize("solver", ["bnb", "highs"])
+def test_search_returns_the_published_policy(resnet50_setup, solver):
     indicators, model, costs = resnet50_setup
     settings = SearchSettings(alpha=2.0, bits=[6, 5, 4, 3, 2], w_bits=3, a_bits=4, compression=12.2,
-                              macs="limpq")
+                              macs="limpq", solver=solver)
     policy = search_policy(indicators, model, settings, costs=costs)
     assert list(policy.layers) == indicators.names_for_model()
     assert [w for w, _ in policy.layers.values()] == PUBLISHED_W
@@ -53,6 +54,7 @@ def test_search_returns_the_published_policy(resnet50_setup):
     assert round(policy.meta["compression_ratio"], 4) == PUBLISHED_CR
     assert policy.meta["bitops"] <= policy.meta["bitops_budget"]
     assert policy.meta["penalised_choices"] == []
+    assert policy.meta["solver"] == solver
 
 
 @needs_reference
