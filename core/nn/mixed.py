@@ -23,10 +23,8 @@ from torch.nn import functional as F
 
 from core.errors import ConfigError
 from core.nn.qlayers import build_quantizer, copy_float_params
-from core.quant import functional
-from core.quant.base import is_compiled, kernel
 from core.quant.edmips import GaussianQuantizer, HWGQQuantizer
-from core.quant.mixture import hwgq_mixture
+from core.quant.mixture import gaussian_mixture, hwgq_mixture
 
 SAMPLING_MODES = ("softmax", "gumbel_soft", "gumbel_hard", "single_path")
 DEFAULT_W_CANDIDATES = (1, 2, 3, 4)
@@ -76,6 +74,11 @@ class _MixedMixin:
         init = float(alpha_init)
         self.alpha_w = nn.Parameter(torch.full((len(self.w_candidates),), init, device=dev, dtype=dt))
         self.alpha_a = nn.Parameter(torch.full((len(self.a_candidates),), init, device=dev, dtype=dt))
+        # the candidate bits as tensors (eq. 13), moved with the module; not part of the state dict
+        self.register_buffer("w_bits_vector", torch.tensor(self.w_candidates, device=dev, dtype=dt),
+                             persistent=False)
+        self.register_buffer("a_bits_vector", torch.tensor(self.a_candidates, device=dev, dtype=dt),
+                             persistent=False)
         self.w_quantizers = nn.ModuleList(
             build_quantizer(w_quant, b, "weight", w_options, out_channels) for b in self.w_candidates
         )
@@ -104,11 +107,11 @@ class _MixedMixin:
 
     def expected_w_bits(self) -> torch.Tensor:
         """``E[b_w] = sum_i pi_i^w b_i`` (eq. 13), differentiable w.r.t. ``alpha_w``."""
-        return (self.pi_w() * self.pi_w().new_tensor(self.w_candidates)).sum()
+        return torch.dot(self.pi_w(), self.w_bits_vector.to(self.alpha_w.dtype))
 
     def expected_a_bits(self) -> torch.Tensor:
         """``E[b_a] = sum_j pi_j^a b_j`` (eq. 13), differentiable w.r.t. ``alpha_a``."""
-        return (self.pi_a() * self.pi_a().new_tensor(self.a_candidates)).sum()
+        return torch.dot(self.pi_a(), self.a_bits_vector.to(self.alpha_a.dtype))
 
     # -- sampling hooks -----------------------------------------------------------------------
     def set_sampling(self, mode: str, tau: float = 1.0) -> None:
@@ -142,10 +145,10 @@ class _MixedMixin:
         """``W_bar = sum_i g_i Q_i(W_i)``: eq. (16) with shared ``W``, eq. (15) with unshared weights."""
         gates = self.gates_w() if gates is None else gates
         quants = list(self.w_quantizers)
-        if is_compiled() and self.share_weight and all(type(q) is GaussianQuantizer for q in quants):
+        if self.share_weight and all(type(q) is GaussianQuantizer for q in quants):
             coefs = tuple(q.coefs.get(q.bits, 0.0) for q in quants)
             bits = tuple(q.bits for q in quants)
-            return kernel(functional.gaussian_composite)(self.weight, gates, coefs, bits)
+            return gaussian_mixture(self.weight, gates, coefs, bits)  # one fused function
         out = None
         for i, quant in enumerate(quants):
             term = gates[i] * quant(self.candidate_weight(i))
@@ -159,9 +162,7 @@ class _MixedMixin:
         if all(type(q) is HWGQQuantizer for q in quants):
             steps = tuple(q.steps.get(q.bits, 0.0) for q in quants)
             levels = tuple(2**q.bits - 1 if q.bits < 32 else 0 for q in quants)
-            if is_compiled():  # one compiled graph for all candidates
-                return kernel(functional.hwgq_mixture_sum)(x, gates, steps, levels)
-            return hwgq_mixture(x, gates, steps, levels)  # eager: one fused autograd function
+            return hwgq_mixture(x, gates, steps, levels)  # one fused function
         out = None
         for j, quant in enumerate(quants):
             term = gates[j] * quant(x)

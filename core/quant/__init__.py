@@ -24,7 +24,7 @@ from core.quant.binary import SignQuantizer
 from core.quant.edmips import GAUSSIAN_COEFS, HWGQ_STEPS, GaussianQuantizer, HWGQQuantizer
 from core.quant.functional import lsq_fake_quant
 from core.quant.lsq import LSQQuantizer
-from core.quant.mixture import hwgq_mixture
+from core.quant.mixture import gaussian_mixture, hwgq_mixture
 from core.quant.uniform import DoReFaQuantizer, PACTQuantizer
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SignQuantizer",
     "create_quantizer",
     "functional",
+    "gaussian_mixture",
     "hwgq_mixture",
     "is_compiled",
     "kernel",

@@ -31,7 +31,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {}
 
 _COMPILED = False
 _BACKEND = "inductor"
-_COMPILED_FNS: dict[tuple[Callable, str], Callable] = {}
+_COMPILED_FNS: dict[tuple[Callable, str, bool], Callable] = {}
 _FAILED: set[Callable] = set()
 
 
@@ -82,18 +82,26 @@ def is_compiled() -> bool:
     return _COMPILED
 
 
-def kernel(fn: Callable) -> Callable:
-    """``fn`` itself (eager path) or its compiled version when the compiled path is on."""
+def kernel(fn: Callable, float_constants: bool = False) -> Callable:
+    """``fn`` itself (eager path) or its compiled version when the compiled path is on.
+
+    ``float_constants``: compile Python float arguments in as constants (one graph per distinct value)
+    instead of passing them as graph inputs. Worth it where the floats are a few fixed constants (EdMIPS's
+    HWGQ steps and Gaussian coefficients: 1.6x faster kernels on CPU, where inductor otherwise reloads and
+    converts them per vector); wrong where a float differs per layer (LSQ's gradient scale), which would
+    compile once per layer.
+    """
     if not _COMPILED or fn in _FAILED:
         return fn
-    compiled = _COMPILED_FNS.get((fn, _BACKEND))
+    key = (fn, _BACKEND, float_constants)
+    compiled = _COMPILED_FNS.get(key)
     if compiled is None:
         _raise_recompile_limit()
         # dynamic=True: one graph serves every tensor shape (each layer's weight has its own shape),
         # so a network compiles each function once per distinct constant (bits, fixed step), not once
         # per layer; otherwise dynamo's recompile limit (8) is hit and the rest runs eagerly.
-        compiled = _guarded(fn, torch.compile(fn, backend=_BACKEND, dynamic=True))
-        _COMPILED_FNS[(fn, _BACKEND)] = compiled
+        compiled = _guarded(fn, torch.compile(fn, backend=_BACKEND, dynamic=True), float_constants)
+        _COMPILED_FNS[key] = compiled
     return compiled
 
 
@@ -110,14 +118,19 @@ def _raise_recompile_limit() -> None:
             setattr(cfg, key, RECOMPILE_LIMIT)
 
 
-def _guarded(fn: Callable, compiled: Callable) -> Callable:
-    """Call ``compiled``; if compiling fails, warn once and use the eager ``fn`` from then on."""
+def _guarded(fn: Callable, compiled: Callable, float_constants: bool = False) -> Callable:
+    """Call ``compiled``; if compiling fails, warn once and use the eager ``fn`` from then on.
+    ``float_constants``: trace with dynamo's ``specialize_float`` (see :func:`kernel`)."""
+    import torch._dynamo
+
+    config = torch._dynamo.config.patch(specialize_float=float_constants)
 
     def call(*args: Any, **kwargs: Any) -> Any:
         if fn in _FAILED:
             return fn(*args, **kwargs)
         try:
-            return compiled(*args, **kwargs)
+            with config:
+                return compiled(*args, **kwargs)
         except Exception as exc:  # compile errors come in many types (dynamo, inductor, C++ toolchain)
             _FAILED.add(fn)
             warnings.warn(

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from core.errors import ConfigError
-from core.quant import functional as F
-from core.quant.base import FULL_PRECISION, Quantizer, kernel, register_quantizer
+from core.quant.base import FULL_PRECISION, Quantizer, register_quantizer
+from core.quant.mixture import gaussian_mixture, hwgq_mixture
 
 HWGQ_STEPS: dict[int, float] = {1: 0.799, 2: 0.538, 3: 0.3217, 4: 0.185}
 GAUSSIAN_COEFS: dict[int, float] = {
@@ -51,7 +51,7 @@ class HWGQQuantizer(Quantizer):
         return torch.relu(x)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return kernel(F.hwgq_quant)(x, self.steps[self.bits], 2**self.bits - 1)
+        return hwgq_mixture(x, None, (self.steps[self.bits],), (2**self.bits - 1,))
 
 
 @register_quantizer("gaussian")
@@ -70,4 +70,4 @@ class GaussianQuantizer(Quantizer):
         self.bits = bits
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return kernel(F.gaussian_midrise)(x, self.coefs[self.bits], self.bits)
+        return gaussian_mixture(x, None, (self.coefs[self.bits],), (self.bits,))

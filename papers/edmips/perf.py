@@ -11,12 +11,23 @@
 The paper's point (section 4.4): one convolution per layer whatever the number of candidates, so the search
 step should cost about the uniform quantized step and hardly grow with the candidates. Measured eagerly and
 with ``core.quant.set_compiled(True)`` (the quantizers' ``torch.compile``d kernels; the first, compiling call
-is reported separately). ``PERF`` exposes the figures to ``mpq bench perf``.
+is reported separately). The variants are timed in interleaved rounds (``rounds`` x ``block`` steps each) so
+that a slow phase of a shared machine hits all of them alike; each figure is the median over its steps.
+
+:func:`peak_rss` measures each variant's peak memory on CPU in a fresh process (peak resident set size, and
+its growth over the process after building the model); on CUDA ``search_step_times`` reports
+``torch.cuda.max_memory_allocated`` per variant. ``python -m papers.edmips.perf --image-size 224`` runs the
+224x224 measurement. ``PERF`` exposes the 32x32 figures to ``mpq bench perf``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -33,6 +44,7 @@ from papers.edmips.config import QuantConfig
 from papers.edmips.models import build_search_model
 
 VARIANTS = ("float", "uniform", "search_w4", "search_w8")
+RATIOS = (("uniform", "float"), ("search_w4", "uniform"), ("search_w8", "search_w4"))
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str) -> Callable[[], None]:
@@ -64,61 +76,98 @@ def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str
     return step
 
 
-def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, image_size: int = 32,
-                      repeats: int = 5, warmup: int = 1, modes: tuple[str, ...] = ("eager", "compiled"),
-                      variants: tuple[str, ...] = VARIANTS, device: str = "cpu") -> dict:
-    """Median step time (s) per ``mode`` and ``variant``, the first-call time, and the ratios of the brief:
-    ``search_w4 / uniform``, ``uniform / float`` and ``search_w8 / search_w4`` per mode."""
-    dev = torch.device(device)
+def _batch(batch: int, image_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(dev)
-    y = torch.randint(0, 1000, (batch,), generator=gen).to(dev)
+    x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
+    y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+    return x, y
+
+
+def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, image_size: int = 32,
+                      rounds: int = 5, block: int = 3, warmup: int = 2,
+                      modes: tuple[str, ...] = ("eager", "compiled"), variants: tuple[str, ...] = VARIANTS,
+                      device: str = "cpu") -> dict:
+    """Median step time (s) per ``mode`` and ``variant`` over ``rounds`` interleaved blocks of ``block``
+    steps (after ``warmup`` steps, the first one reported as ``first_call``), and the ratios of the brief:
+    ``uniform / float``, ``search_w4 / uniform`` and ``search_w8 / search_w4`` per mode."""
+    dev = torch.device(device)
+    x, y = _batch(batch, image_size, dev)
     previous = is_compiled()
     out: dict = {"model": model_name, "batch": batch, "image_size": image_size,
-                 "threads": torch.get_num_threads(), "device": str(dev), "times": {}, "first_call": {},
-                 "peak_memory_mb": {}, "ratios": {}}
+                 "threads": torch.get_num_threads(), "device": str(dev), "rounds": rounds, "block": block,
+                 "times": {}, "first_call": {}, "peak_memory_mb": {}, "ratios": {}}
     try:
         for mode in modes:
             set_compiled(mode == "compiled")
-            times, first, peak = {}, {}, {}
+            steps, first, peak = {}, {}, {}
             for variant in variants:
                 torch.manual_seed(0)
-                step = _step(build_model(model_name, num_classes=1000), x, y, variant)
+                steps[variant] = _step(build_model(model_name, num_classes=1000), x, y, variant)
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 t0 = time.perf_counter()
-                step()
+                steps[variant]()
                 first[variant] = time.perf_counter() - t0
                 for _ in range(max(0, warmup - 1)):
-                    step()
-                samples = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    step()
-                    samples.append(time.perf_counter() - t0)
-                times[variant] = statistics.median(samples)
+                    steps[variant]()
                 if dev.type == "cuda":
                     peak[variant] = torch.cuda.max_memory_allocated(dev) / 2**20
+            samples: dict[str, list[float]] = {v: [] for v in variants}
+            for _ in range(rounds):
+                for variant in variants:
+                    for _ in range(block):
+                        t0 = time.perf_counter()
+                        steps[variant]()
+                        samples[variant].append(time.perf_counter() - t0)
+            del steps
+            times = {v: statistics.median(s) for v, s in samples.items()}
             out["times"][mode], out["first_call"][mode], out["peak_memory_mb"][mode] = times, first, peak
-            ratios = {}
-            if {"uniform", "float"} <= set(times):
-                ratios["uniform/float"] = times["uniform"] / times["float"]
-            if {"search_w4", "uniform"} <= set(times):
-                ratios["search_w4/uniform"] = times["search_w4"] / times["uniform"]
-            if {"search_w8", "search_w4"} <= set(times):
-                ratios["search_w8/search_w4"] = times["search_w8"] / times["search_w4"]
-            out["ratios"][mode] = ratios
+            out["ratios"][mode] = {f"{a}/{b}": times[a] / times[b] for a, b in RATIOS
+                                   if a in times and b in times}
     finally:
         set_compiled(previous)
     return out
 
 
+def peak_rss(variant: str, model_name: str = "edmips_resnet18", batch: int = 32, image_size: int = 32,
+             compiled: bool = False, steps: int = 2) -> dict:
+    """Peak resident memory (MB) of a fresh process that builds ``variant`` and runs ``steps`` training
+    steps on CPU, and its growth over the process right after building the model (the step's memory)."""
+    cmd = [sys.executable, "-m", "papers.edmips.perf", "--rss-child", variant, "--model", model_name,
+           "--batch", str(batch), "--image-size", str(image_size), "--steps", str(steps)]
+    if compiled:
+        cmd.append("--compiled")
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"peak-memory child for {variant} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _rss_child(args: argparse.Namespace) -> None:
+    set_compiled(args.compiled)
+    x, y = _batch(args.batch, args.image_size, torch.device("cpu"))
+    torch.manual_seed(0)
+    step = _step(build_model(args.model, num_classes=1000), x, y, args.rss_child)
+    built = _current_rss_mb()
+    for _ in range(args.steps):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"variant": args.rss_child, "peak_rss_mb": peak, "after_build_mb": built,
+                      "step_growth_mb": peak - built}))
+
+
 def perf_group(smoke: bool = False) -> list[dict]:
     """``mpq bench perf`` figures: each search-step time against its baseline, eager and compiled."""
-    res = search_step_times(repeats=1 if smoke else 5, modes=("eager",) if smoke else ("eager", "compiled"))
+    res = search_step_times(rounds=1 if smoke else 5, block=1 if smoke else 3, warmup=1 if smoke else 2,
+                            modes=("eager",) if smoke else ("eager", "compiled"))
     rows = []
     for mode, times in res["times"].items():
-        for name, base in (("uniform", "float"), ("search_w4", "uniform"), ("search_w8", "search_w4")):
+        for name, base in RATIOS:
             label = f"edmips {mode} step {name} (ResNet-18, b{res['batch']}, {res['image_size']}px)"
             rows.append({"name": label,
                          "value": times[name], "unit": "s", "baseline": f"{mode} step {base}",
@@ -127,3 +176,39 @@ def perf_group(smoke: bool = False) -> list[dict]:
 
 
 PERF = {"edmips": perf_group}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="edmips_resnet18")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--block", type=int, default=3)
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--memory", action="store_true", help="also the peak memory of each variant (CPU)")
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_child:
+        _rss_child(args)
+        return 0
+    res = search_step_times(args.model, args.batch, args.image_size, rounds=args.rounds, block=args.block,
+                            modes=tuple(args.modes))
+    if args.memory:
+        res["peak_rss_mb"] = {mode: {v: peak_rss(v, args.model, args.batch, args.image_size,
+                                                 compiled=mode == "compiled") for v in VARIANTS}
+                              for mode in args.modes}
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.json:
+        from core.io import atomic_write_text
+
+        atomic_write_text(args.json, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
