@@ -14,8 +14,9 @@ with ``core.quant.set_compiled(True)`` (the quantizers' ``torch.compile``d kerne
 is reported separately). The variants are timed in interleaved rounds (``rounds`` x ``block`` steps each) so
 that a slow phase of a shared machine hits all of them alike; each figure is the median over its steps.
 
-:func:`peak_rss` measures each variant's peak memory on CPU in a fresh process (peak resident set size, and
-its growth over the process after building the model); on CUDA ``search_step_times`` reports
+:func:`saved_tensor_mb` measures the memory that could grow with the candidates: the tensors autograd keeps
+for the backward (on CPU the process's peak resident size was the same 4.4 GB for all four variants at
+224x224, allocator caching hiding the differences); on CUDA ``search_step_times`` also reports
 ``torch.cuda.max_memory_allocated`` per variant. ``python -m papers.edmips.perf --image-size 224`` runs the
 224x224 measurement. ``PERF`` exposes the 32x32 figures to ``mpq bench perf``.
 """
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +46,9 @@ VARIANTS = ("float", "uniform", "search_w4", "search_w8")
 RATIOS = (("uniform", "float"), ("search_w4", "uniform"), ("search_w8", "search_w4"))
 
 
-def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str) -> Callable[[], None]:
+def _prepare(model: torch.nn.Module, x: torch.Tensor, variant: str
+             ) -> tuple[torch.nn.Module, ComplexityLoss | None]:
+    """``model`` turned into ``variant`` (on ``x``'s device, in training mode) and its complexity loss."""
     input_size = tuple(x.shape[1:])
     if variant == "uniform":
         quantize_model(model, QuantSpec(mode="fixed", w_quant="gaussian", a_quant="hwgq", w_bits=2, a_bits=2))
@@ -56,7 +57,11 @@ def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str
         w = [1, 2, 3, 4] if variant == "search_w4" else list(range(1, 9))
         model, layers = build_search_model(model, QuantConfig(w_candidates=w))
         rc = ComplexityLoss(layers, measure_layer_costs(model, layers, input_size), "bops")
-    model.to(x.device).train()
+    return model.to(x.device).train(), rc
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str) -> Callable[[], None]:
+    model, rc = _prepare(model, x, variant)
     opts = [build_optimizer(OptimConfig(lr=0.01), weight_parameters(model))]
     if rc is not None:
         opts.append(build_optimizer(OptimConfig(lr=0.01), arch_parameters(model)))
@@ -129,36 +134,31 @@ def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, imag
     return out
 
 
-def peak_rss(variant: str, model_name: str = "edmips_resnet18", batch: int = 32, image_size: int = 32,
-             compiled: bool = False, steps: int = 2) -> dict:
-    """Peak resident memory (MB) of a fresh process that builds ``variant`` and runs ``steps`` training
-    steps on CPU, and its growth over the process right after building the model (the step's memory)."""
-    cmd = [sys.executable, "-m", "papers.edmips.perf", "--rss-child", variant, "--model", model_name,
-           "--batch", str(batch), "--image-size", str(image_size), "--steps", str(steps)]
-    if compiled:
-        cmd.append("--compiled")
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"peak-memory child for {variant} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def saved_tensor_mb(variant: str, model_name: str = "edmips_resnet18", batch: int = 32,
+                    image_size: int = 32, compiled: bool = False) -> float:
+    """MB of tensors autograd keeps from one forward of ``variant`` for its backward (distinct storages,
+    parameters included): the training memory that candidates could multiply, measured exactly, unlike
+    a CPU process's resident size (allocator caching makes that flat across the variants here)."""
+    previous = is_compiled()
+    set_compiled(compiled)
+    try:
+        x, y = _batch(batch, image_size, torch.device("cpu"))
+        torch.manual_seed(0)
+        model, rc = _prepare(build_model(model_name, num_classes=1000), x, variant)
+        storages: dict[int, int] = {}
 
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
 
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _rss_child(args: argparse.Namespace) -> None:
-    set_compiled(args.compiled)
-    x, y = _batch(args.batch, args.image_size, torch.device("cpu"))
-    torch.manual_seed(0)
-    step = _step(build_model(args.model, num_classes=1000), x, y, args.rss_child)
-    built = _current_rss_mb()
-    for _ in range(args.steps):
-        step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"variant": args.rss_child, "peak_rss_mb": peak, "after_build_mb": built,
-                      "step_growth_mb": peak - built}))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(x), y)
+            if rc is not None:
+                loss = loss + 1e-3 * rc()
+        return sum(storages.values()) / 2**20
+    finally:
+        set_compiled(previous)
 
 
 def perf_group(smoke: bool = False) -> list[dict]:
@@ -186,21 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--block", type=int, default=3)
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
-    p.add_argument("--memory", action="store_true", help="also the peak memory of each variant (CPU)")
+    p.add_argument("--memory", action="store_true", help="also the tensors saved for backward per variant")
     p.add_argument("--json", default=None, help="write the results to this file")
-    p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.rss_child:
-        _rss_child(args)
-        return 0
     res = search_step_times(args.model, args.batch, args.image_size, rounds=args.rounds, block=args.block,
                             modes=tuple(args.modes))
     if args.memory:
-        res["peak_rss_mb"] = {mode: {v: peak_rss(v, args.model, args.batch, args.image_size,
-                                                 compiled=mode == "compiled") for v in VARIANTS}
-                              for mode in args.modes}
+        res["saved_tensor_mb"] = {mode: {v: saved_tensor_mb(v, args.model, args.batch, args.image_size,
+                                                            compiled=mode == "compiled") for v in VARIANTS}
+                                  for mode in args.modes}
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:
