@@ -19,7 +19,7 @@ The autograd references (``functional.hwgq_quant``, ``hwgq_mixture_sum``, ``gaus
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from core.quant import functional as F
 from core.quant.base import kernel
 
 
-def _kernel(fn):
+def _kernel(fn: Callable) -> Callable:
     """The kernel with EdMIPS's fixed steps and coefficients compiled in as constants (see ``kernel``)."""
     return kernel(fn, float_constants=True)
 

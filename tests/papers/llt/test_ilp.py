@@ -150,3 +150,10 @@ def test_shape_mismatch_is_a_policy_error():
     sw, sa, costs = _instance(0)
     with pytest.raises(PolicyError, match="do not match"):
         solve_ilp(sw[:, :2], sa, costs, alpha=1.0, w_candidates=BITS, a_candidates=BITS, bitops_budget=1e12)
+
+
+def test_unknown_solver_is_a_policy_error():
+    sw, sa, costs = _instance(0)
+    with pytest.raises(PolicyError, match="unknown ILP solver 'cbc'"):
+        solve_ilp(sw, sa, costs, alpha=1.0, w_candidates=BITS, a_candidates=BITS, bitops_budget=1e12,
+                  solver="cbc")
