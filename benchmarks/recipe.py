@@ -101,7 +101,7 @@ def quantized_model(build: Callable[[], nn.Module], policy: BitPolicy | None, re
     model = build()
     if policy is None:
         return model
-    spec = QuantSpec(mode="fixed", w_quant=recipe.quantizer, a_quant=recipe.quantizer, first="float",
+    spec = QuantSpec(kind="fixed", w_quant=recipe.quantizer, a_quant=recipe.quantizer, first="float",
                      last="float")
     names = quantize_model(model, spec)
     missing = [n for n in names if n not in policy]

@@ -21,8 +21,9 @@ from core.quant.base import (
     set_compiled,
 )
 from core.quant.binary import SignQuantizer
-from core.quant.edmips import GAUSSIAN_COEFS, HWGQ_STEPS, GaussianQuantizer, HWGQQuantizer
 from core.quant.functional import lsq_fake_quant
+from core.quant.gaussian import GAUSSIAN_COEFS, GaussianQuantizer
+from core.quant.hwgq import HWGQ_STEPS, HWGQQuantizer
 from core.quant.lsq import LSQQuantizer
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
 from core.quant.uniform import DoReFaQuantizer, PACTQuantizer

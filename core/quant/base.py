@@ -62,6 +62,17 @@ def create_quantizer(name: str, bits: int, **options: Any) -> Quantizer:
         raise ConfigError(f"bad options for quantizer {name!r}: {options} ({exc})") from exc
 
 
+def merge_constants(table: dict[int, float], extra: dict[int, float] | None, name: str) -> dict[int, float]:
+    """``table`` with ``extra`` ``{bits: value}`` added or overriding (bits in 1..8, values > 0): the
+    per-bit constants of the fixed-step quantizers (``hwgq`` steps, ``gaussian`` coefficients)."""
+    merged = dict(table)
+    for b, v in (extra or {}).items():
+        if not 1 <= int(b) <= 8 or float(v) <= 0:
+            raise ConfigError(f"{name}: custom constants need bits in 1..8 and positive values, got {b}: {v}")
+        merged[int(b)] = float(v)
+    return merged
+
+
 def set_compiled(enabled: bool, backend: str = "inductor") -> None:
     """Switch every quantizer's math to its ``torch.compile``d version (``True``) or eager (``False``).
 

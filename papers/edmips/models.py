@@ -63,16 +63,16 @@ def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return build_model(cfg.name, num_classes=num_classes, **kwargs)
 
 
-def mixed_spec(quant: QuantConfig) -> QuantSpec:
+def composite_spec(quant: QuantConfig) -> QuantSpec:
     """The QuantSpec of the search model: composite layers over the candidates of eq. 17."""
-    return QuantSpec(mode="mixed", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
+    return QuantSpec(kind="composite", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
                      w_candidates=list(quant.w_candidates), a_candidates=list(quant.a_candidates),
-                     share_weight=quant.shared_weight, first="float", last="float")
+                     options={"share_weight": quant.shared_weight}, first="float", last="float")
 
 
 def fixed_spec(quant: QuantConfig, w_bits: int, a_bits: int) -> QuantSpec:
     """The QuantSpec of a fixed-precision model (bits then set per layer by a BitPolicy)."""
-    return QuantSpec(mode="fixed", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
+    return QuantSpec(kind="fixed", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
                      w_bits=w_bits, a_bits=a_bits, first="float", last="float")
 
 
@@ -80,7 +80,7 @@ def build_search_model(model: nn.Module, quant: QuantConfig, alpha_init: float =
                        ) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
     """Swap every searchable layer of ``model`` (in place) for a composite layer (eq. 14-16) with its
     architecture parameters set to ``alpha_init`` (section 5.1: 0.01); returns the model and its layers."""
-    quantize_model(model, mixed_spec(quant))
+    quantize_model(model, composite_spec(quant))
     layers = quantizable_layers(model)
     if not layers:
         raise ConfigError("the model has no searchable layer besides its first conv and last fc")

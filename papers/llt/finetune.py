@@ -49,7 +49,7 @@ from papers.llt.search import search_from_config
 def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str = "w8",
                          last_layer: str = "w8a8") -> list[str]:
     """Quantize ``model`` in place with LSQ at the policy's bits; returns the searchable layer names."""
-    spec = QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
+    spec = QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
                      first=first_layer, last=last_layer)
     names = quantize_model(model, spec)
     missing = [n for n in names if n not in policy]

@@ -40,9 +40,9 @@ from papers.llt.indicators import extract_indicators
 def build_indicator_model(model: nn.Module, bits: list[int]) -> list[str]:
     """Make ``model`` switchable in place (LSQ with per-bit steps, switchable BN); returns the searchable
     layer names. First conv and fc stay float, as in the official indicator training."""
-    spec = QuantSpec(mode="switchable", w_quant="lsq", a_quant="lsq", w_bits=bits[0], a_bits=bits[0],
+    spec = QuantSpec(kind="switchable", w_quant="lsq", a_quant="lsq", w_bits=bits[0], a_bits=bits[0],
                      w_candidates=list(bits), a_candidates=list(bits), w_options={"init": "limpq"},
-                     switchable_bn=True, first="float", last="float")
+                     options={"switchable_bn": True}, first="float", last="float")
     return quantize_model(model, spec)
 
 

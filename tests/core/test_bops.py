@@ -323,15 +323,15 @@ def test_mixed_layers_report_expected_bits_and_expected_bops_is_differentiable()
     assert row.w_bits == pytest.approx(ew.item()) and row.a_bits == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("mode", ["fixed", "mixed", "switchable"])
-def test_core_nn_quantized_models(mode):
+@pytest.mark.parametrize("kind", ["fixed", "composite", "switchable"])
+def test_core_nn_quantized_models(kind):
     """core.nn's layers: counted like their float originals, bits from the layers, state untouched."""
     core_nn = pytest.importorskip("core.nn")
     model = build_model("resnet20", num_classes=10)
-    spec = core_nn.QuantSpec(mode=mode, w_bits=3, a_bits=4, first="w8", last="w8a8")
-    if mode == "switchable":
+    spec = core_nn.QuantSpec(kind=kind, w_bits=3, a_bits=4, first="w8", last="w8a8")
+    if kind == "switchable":
         spec.w_candidates = spec.a_candidates = [2, 3, 4, 5, 6]
-        spec.switchable_bn = True
+        spec.options["switchable_bn"] = True
     names = core_nn.quantize_model(model, spec)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = count(model, (3, 32, 32), convention="bpnas")
@@ -339,7 +339,7 @@ def test_core_nn_quantized_models(mode):
     assert [r.name for r in report.counted_rows] == names
     assert (report.rows[-1].w_bits, report.rows[-1].a_bits) == (8, 8)
     mid = report.rows[1]
-    if mode == "mixed":  # expected bits under uniform pi: mean of the candidates
+    if kind == "composite":  # expected bits under uniform pi: mean of the candidates
         assert (mid.w_bits, mid.a_bits) == pytest.approx((2.5, 3.0))
         annotate_macs(model, (3, 32, 32), convention="edmips")
         value = expected_bops(model)
