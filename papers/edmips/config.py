@@ -21,8 +21,9 @@ from core.config import (
 @dataclass
 class ModelConfig:
     """The network. ``name`` goes to ``core.models.build_model``: ``edmips_resnet18/50`` are the official
-    BN-before-conv ResNets, ``resnet18/50``, ``alexnet``, ``googlenet``, ``inception_v3`` come from
-    torchvision (auxiliary classifiers removed, section 5.1)."""
+    BN-before-conv ResNets, ``alexnet_bn`` torchvision's AlexNet with BatchNorm, ``resnet18/50``,
+    ``alexnet`` come from torchvision, and ``googlenet`` / ``inception_v3`` build core's
+    ``googlenet_noaux`` / ``inception_v3_noaux`` (auxiliary classifiers removed, section 5.1)."""
 
     name: str = "edmips_resnet18"
     num_classes: int = 0  # 0: take it from the dataset

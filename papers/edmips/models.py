@@ -1,13 +1,14 @@
 """Model glue: the float networks of the paper, their search models and their fixed-precision models.
 
 Networks (section 5): ``googlenet``, ``inception_v3``, ``resnet18``/``resnet50`` (torchvision),
-``edmips_resnet18``/``edmips_resnet50`` (the official BN-before-conv ResNets, from core.models) and
-``alexnet_bn`` (below); any other name core.models.build_model knows also works. GoogLeNet and
-Inception-V3 are built without their auxiliary classifiers ("all auxiliary losses were removed", section
-5.1) and without torchvision's ``transform_input`` (a re-normalisation for ported weights; models are trained
-from scratch here). The official code has no AlexNet: ``alexnet_bn`` is torchvision's AlexNet (dropout kept)
-with a BatchNorm after every convolution and hidden fully connected layer (before its ReLU), as in the
-HWGQ-Net AlexNet the paper builds on: HWGQ's fixed steps assume unit-variance (batch-normalised) inputs.
+``edmips_resnet18``/``edmips_resnet50`` (the official BN-before-conv ResNets) and ``alexnet_bn``, all from
+core.models; any other name core.models.build_model knows also works. GoogLeNet and Inception-V3 are
+built without their auxiliary classifiers ("all auxiliary losses were removed", section 5.1): the config
+names ``googlenet`` / ``inception_v3`` build core's ``googlenet_noaux`` / ``inception_v3_noaux`` (also without
+torchvision's ``transform_input``, a re-normalisation for ported weights; models are trained from scratch
+here). The official code has no AlexNet: ``alexnet_bn`` (core.models) is torchvision's AlexNet with a
+BatchNorm after every convolution and hidden fully connected layer, as in the HWGQ-Net AlexNet the paper
+builds on: HWGQ's fixed steps assume unit-variance (batch-normalised) inputs.
 
 In every network the first convolution and the last fully connected layer stay full precision and every
 other Conv2d / Linear is searched (official code; downsample 1x1 convs included).
@@ -23,44 +24,16 @@ from core.models import build_model
 from core.nn import QuantSpec, quantizable_layers, quantize_model
 from papers.edmips.config import ModelConfig, QuantConfig
 
-#: torchvision options that remove the auxiliary heads (and the input re-normalisation).
-AUX_FREE: dict[str, dict] = {
-    "googlenet": {"aux_logits": False, "transform_input": False, "init_weights": True},
-    "inception_v3": {"aux_logits": False, "transform_input": False, "init_weights": True},
-}
-
-
-def alexnet_bn(num_classes: int = 1000, **kwargs) -> nn.Module:
-    """torchvision's AlexNet with BatchNorm after each conv and hidden fc (before the ReLU)."""
-    model = build_model("alexnet", num_classes=num_classes, **kwargs)
-    features: list[nn.Module] = []
-    for m in model.features:
-        features.append(m)
-        if isinstance(m, nn.Conv2d):
-            features.append(nn.BatchNorm2d(m.out_channels))
-    last = [m for m in model.classifier if isinstance(m, nn.Linear)][-1]
-    classifier: list[nn.Module] = []
-    for m in model.classifier:
-        classifier.append(m)
-        if isinstance(m, nn.Linear) and m is not last:
-            classifier.append(nn.BatchNorm1d(m.out_features))
-    model.features, model.classifier = nn.Sequential(*features), nn.Sequential(*classifier)
-    return model
-
-
-#: networks assembled here (everything else goes to core.models.build_model).
-LOCAL_MODELS = {"alexnet_bn": alexnet_bn}
+#: the networks whose auxiliary classifiers the paper removes -> core's variant without them.
+AUX_FREE: dict[str, str] = {"googlenet": "googlenet_noaux", "inception_v3": "inception_v3_noaux"}
 
 
 def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """The full-precision network named by ``cfg`` (auxiliary classifiers removed)."""
-    kwargs = {**AUX_FREE.get(cfg.name, {}), **cfg.kwargs}
-    if kwargs.get("aux_logits"):
+    if cfg.kwargs.get("aux_logits"):
         raise ConfigError(f"model.kwargs.aux_logits=true: EdMIPS removes the auxiliary classifiers of "
                           f"{cfg.name} (section 5.1); drop the option")
-    if cfg.name in LOCAL_MODELS:
-        return LOCAL_MODELS[cfg.name](num_classes=num_classes, **kwargs)
-    return build_model(cfg.name, num_classes=num_classes, **kwargs)
+    return build_model(AUX_FREE.get(cfg.name, cfg.name), num_classes=num_classes, **cfg.kwargs)
 
 
 def composite_spec(quant: QuantConfig) -> QuantSpec:
