@@ -43,8 +43,8 @@ def alexnet_bn(num_classes: int = 1000, **kwargs: Any) -> nn.Module:
 
 def _no_aux(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if kwargs.get("aux_logits") or kwargs.get("transform_input"):
-        raise ConfigError(f"{name}_noaux has no auxiliary classifiers and no input transform; drop aux_logits / "
-                          f"transform_input (or build {name!r} for torchvision's original)")
+        raise ConfigError(f"{name}_noaux has no auxiliary classifiers and no input transform; drop "
+                          f"aux_logits / transform_input (or build {name!r} for torchvision's original)")
     return {**_NO_AUX, **kwargs}
 
 
