@@ -28,13 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.recompute import (
-    REPO_ROOT,
-    RecomputeContext,
-    RecomputeUnavailable,
-    default_reference_dirs,
-    load_recomputers,
-)
+from benchmarks.recompute import REPO_ROOT, RecomputeContext, RecomputeUnavailable, default_reference_dirs
+from benchmarks.recomputers import load_recomputers, load_yaml_with_base
 from benchmarks.schema import Cell, Row, Table, TableFile, load_tables
 from core.errors import DataError, MpqError
 
@@ -131,8 +126,6 @@ def _result_ids(data: dict) -> set[str]:
 
 def config_row_id(config: str | None) -> str | None:
     """The row id a paper config declares for its runs (its ``row`` or ``table_row`` key), if any."""
-    from benchmarks.recomputers import load_yaml_with_base
-
     path = REPO_ROOT / config if config else None
     if path is None or not path.is_file():
         return None

@@ -1,9 +1,10 @@
 """Built-in recomputers: params / MACs / BOPs / average bits / sizes / policies with mpq's own code.
 
 Each takes the :class:`~benchmarks.recompute.RecomputeContext` and the row's ``recompute.args`` and
-returns ``{metric: value}``. Counting always goes through :func:`core.bops.count` under the named
-convention; the *searchable* layers of a model are those the convention keeps inside the budget
-(first conv and last linear out for edmips / limpq / bpnas / basq), in module order.
+returns ``{metric: value}``; :func:`load_recomputers` returns them merged with the papers' own. Counting
+always goes through :func:`core.bops.count` under the named convention; the *searchable* layers of a
+model are those the convention keeps inside the budget (first conv and last linear out for edmips /
+limpq / bpnas / basq), in module order.
 """
 
 from __future__ import annotations
@@ -16,8 +17,25 @@ from typing import Any
 
 import yaml
 
-from benchmarks.recompute import RecomputeContext, RecomputeUnavailable, register_recomputer
+from benchmarks.discovery import paper_attribute
+from benchmarks.recompute import (
+    RECOMPUTERS,
+    RecomputeContext,
+    Recomputer,
+    RecomputeUnavailable,
+    register_recomputer,
+)
 from core.errors import ConfigError
+
+
+def load_recomputers() -> dict[str, Recomputer]:
+    """The built-ins (registered by importing this module) plus every paper's ``RECOMPUTERS`` (discovered
+    through the ``mpq.methods`` entry points; a paper's entry wins over a built-in of the same name)."""
+    merged = dict(RECOMPUTERS)
+    for _paper, extra in paper_attribute("RECOMPUTERS"):
+        if isinstance(extra, dict):
+            merged.update(extra)
+    return merged
 
 
 def _build(ctx: RecomputeContext, model: str, num_classes: int | None = None, **model_kwargs: Any):

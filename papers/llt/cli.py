@@ -88,7 +88,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from core.models import build_model
     from papers.llt.indicators import ImportanceIndicators
-    from papers.llt.search import PAPER_ALPHA, SearchSettings, search_policy
+    from papers.llt.search import search_policy
+    from papers.llt.settings import PAPER_ALPHA, SearchSettings
 
     if (args.w_bits is None) != (args.a_bits is None):
         raise ConfigError("a BitOPs budget needs both --w-bits and --a-bits")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from core.config import DataConfig, OptimConfig, RunConfig, ScheduleConfig
 from papers.llt.common import ModelConfig
-from papers.llt.search import SearchSettings
+from papers.llt.settings import SearchSettings
 
 DEFAULT_BITS = [6, 5, 4, 3, 2]
 

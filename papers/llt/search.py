@@ -7,9 +7,7 @@ architecture (no training run, no data).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.nn as nn
@@ -17,39 +15,10 @@ import torch.nn as nn
 from core.errors import BudgetError, PolicyError
 from core.policy import BitPolicy
 from papers.llt.complexity import MAC_CONVENTIONS, layer_costs
+from papers.llt.config import LLTConfig
 from papers.llt.ilp import MB_BITS, LayerCosts, size_budget_bits, solve_ilp, uniform_bitops_budget
 from papers.llt.indicators import ImportanceIndicators
-
-if TYPE_CHECKING:
-    from papers.llt.config import LLTConfig
-
-#: alpha of main paper Eq. 4 per network (supplementary Sec. 1).
-PAPER_ALPHA = {"resnet18": 3.0, "resnet50": 2.0, "mobilenet_v1": 1.0}
-
-
-@dataclass
-class SearchSettings:
-    """The constraints and knobs of one search (the ``search`` block of a config, or the CLI flags).
-
-    ``w_bits``/``a_bits``: BitOPs budget of the uniform ``W{w_bits}A{a_bits}`` model over the searchable
-    layers (``None``: no BitOPs constraint); ``bitops_budget`` gives it in absolute BitOPs instead.
-    ``compression``: model-size budget ``32 * weights / compression`` bits (``None``: none).
-    ``bits``: candidate bits (default: the indicators' own). ``weight_only_a_bits``: fix every
-    activation at this width and search weights only (the MobileNetV1 W4A8 setting: 8).
-    """
-
-    alpha: float = 2.0
-    bits: list[int] | None = None
-    w_bits: float | None = 3
-    a_bits: float | None = 4
-    bitops_budget: float | None = None
-    compression: float | None = None
-    weight_only_a_bits: int | None = None
-    macs: str = "limpq"
-    fixed_w_bits: int = 8
-    nonmonotone_rule: bool = True
-    solver: str = "bnb"  # exact either way: "bnb" (mpq's branch and bound) or "highs" (scipy's MILP)
-    input_size: list[int] | None = None  # None: the config's data size, or 3x224x224 on the CLI
+from papers.llt.settings import SearchSettings
 
 
 def search_policy(indicators: ImportanceIndicators, model: nn.Module, settings: SearchSettings,

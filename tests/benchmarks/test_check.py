@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from benchmarks import recompute as recompute_mod
+from benchmarks import recomputers as recomputers_mod
 from benchmarks.check import (
     MATCH,
     MISMATCH,
@@ -120,7 +121,7 @@ def test_results_matched_by_config_and_not_run_statuses(tmp_path: Path) -> None:
 
 def test_paper_recomputers_join_without_editing_the_harness(monkeypatch) -> None:
     """A paper's bench module may export RECOMPUTERS; rows naming one use it, a missing one is reported."""
-    monkeypatch.setattr(recompute_mod, "paper_attribute",
+    monkeypatch.setattr(recomputers_mod, "paper_attribute",
                         lambda attr: iter([("fake", {"fake_counter": lambda ctx, n: {"layers": n}})]))
     layers = {"layers": {"value": 7, "unit": "count", "tolerance": 0}}
     rows = [{"id": "a", "source": {"row": "a"}, "kind": "deterministic",

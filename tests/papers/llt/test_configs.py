@@ -14,7 +14,8 @@ from papers.llt.complexity import layer_costs
 from papers.llt.config import LLTConfig
 from papers.llt.ilp import uniform_bitops_budget
 from papers.llt.indicators import ImportanceIndicators
-from papers.llt.search import PAPER_ALPHA, SearchSettings, search_policy
+from papers.llt.search import search_policy
+from papers.llt.settings import PAPER_ALPHA, SearchSettings
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "papers" / "llt" / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))

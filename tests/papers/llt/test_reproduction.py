@@ -14,7 +14,8 @@ import pytest
 from core.models import build_model
 from papers.llt.complexity import layer_costs
 from papers.llt.indicators import ImportanceIndicators
-from papers.llt.search import SearchSettings, search_policy
+from papers.llt.search import search_policy
+from papers.llt.settings import SearchSettings
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 INDICATORS = SHARED / "reference" / "limpq-resnet50-indicators.json"
