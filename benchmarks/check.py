@@ -3,8 +3,11 @@
 Status of a cell:
 
 - ``match``: mpq's value is within the cell's tolerance (``compare: le``: at most the bound).
-- ``MISMATCH``: it is not (the difference is shown). A cell with its own ``note`` stays a MISMATCH in
-  the report but does not fail the exit code: the note records the suspected erratum.
+- ``MISMATCH``: it is not (the difference is shown); fails the exit code, unless the cell's ``note``
+  predicts mpq's value: a noted cell carries ``predicted`` (the value the text should have printed, or
+  the recomputed value of a truncated or ambiguous print), and a MISMATCH whose value is within the
+  cell's tolerance of ``predicted`` is reported as explained by the note. A value that leaves the
+  prediction fails, note or not (also when it matches the printed value).
 - ``not run``: a trained / measured cell of an implemented row with no result yet (``needs`` says
   what a run takes: GPU, ImageNet, COCO, ...).
 - ``not implemented``: the paper, method or recomputer is not in this repository (the reason is shown).
@@ -24,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +49,16 @@ class CellResult:
     status: str
     mpq: Any = None
     detail: str = ""
+    as_predicted: bool | None = None  # mpq's value vs the note's ``predicted`` (None: nothing compared)
 
     @property
     def explained(self) -> bool:
-        """A MISMATCH whose cell carries a note (a documented suspicion about the printed value).
+        """A MISMATCH with the printed value where mpq gives the value the cell's note predicts.
 
-        Only a cell's own note explains its mismatch: a row's note is context (it may be about another cell).
+        Only a cell's own note (with its ``predicted`` value) explains its mismatch: a row's note is
+        context (it may be about another cell).
         """
-        return self.status == MISMATCH and bool(self.cell.note)
+        return self.status == MISMATCH and self.as_predicted is True
 
 
 @dataclass
@@ -170,6 +175,29 @@ def compare(cell: Cell, value: Any) -> tuple[bool, str]:
     return abs(d) <= cell.tolerance, f"{d:+.6g}"
 
 
+def judge(row: Row, cell: Cell, value: Any, detail: str = "") -> CellResult:
+    """The status of ``value`` (mpq's) against the printed value and, for a noted cell, its prediction."""
+    ok, diff = compare(cell, value)
+    status, why = (MATCH, "") if ok else (MISMATCH, diff)
+    if cell.predicted is None:
+        return CellResult(row, cell, status, value, _join(why, detail))
+    as_predicted, pdiff = compare(replace(cell, value=cell.predicted), value)
+    if as_predicted:
+        return CellResult(row, cell, status, value, _join(why, detail), True)
+    why = f"leaves the value its note predicts ({_short(cell.predicted)}): {pdiff}"
+    return CellResult(row, cell, MISMATCH, value, _join(why, detail), False)
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{','.join(str(v) for v in value[:6])}{',...' if len(value) > 6 else ''}]"
+    return f"{value:.6g}"
+
+
 class Checker:
     """Runs the check over loaded table files (recomputers are discovered once)."""
 
@@ -229,26 +257,21 @@ class Checker:
                        why: str) -> CellResult:
         if row.recompute is None:
             who = f"{row.method} not in mpq" if row.method else "no recomputer (paper not in mpq)"
-            return CellResult(row, cell, NOT_IMPLEMENTED, detail=who)
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=row.missing or who)
         if values is None:
             return CellResult(row, cell, status or NOT_IMPLEMENTED, detail=why)
         if cell.metric not in values:
             return CellResult(row, cell, NOT_IMPLEMENTED,
                               detail=f"recomputer {row.recompute['name']!r} gives no {cell.metric!r}")
-        ok, diff = compare(cell, values[cell.metric])
-        return CellResult(row, cell, MATCH if ok else MISMATCH, values[cell.metric], "" if ok else diff)
+        return judge(row, cell, values[cell.metric])
 
     def _trained(self, row: Row, cell: Cell, runs: list[dict]) -> CellResult:
         got = [v for v in (_result_metric(d, cell.metric) for d in runs) if v is not None]
         if got:
-            mean = sum(got) / len(got)
-            ok, diff = compare(cell, mean)
-            detail = f"mean of {len(got)} runs" if len(got) > 1 else ""
-            if not ok:
-                detail = f"{diff}" + (f", {detail}" if detail else "")
-            return CellResult(row, cell, MATCH if ok else MISMATCH, mean, detail)
+            return judge(row, cell, sum(got) / len(got), f"mean of {len(got)} runs" if len(got) > 1 else "")
         if not row.implemented:
-            return CellResult(row, cell, NOT_IMPLEMENTED, detail=f"{row.method or 'method'} not in mpq")
+            who = f"{row.method or 'method'} not in mpq"
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=row.missing or who)
         if row.config and not (REPO_ROOT / row.config).is_file():
             return CellResult(row, cell, NOT_IMPLEMENTED, detail=f"config {row.config} not found")
         needs = ", ".join(row.needs) if row.needs else "a run"
@@ -266,4 +289,4 @@ def run_check(results_dir: str | Path | None = None, paper: str | None = None,
 
 
 __all__ = ["CellResult", "TableResult", "CheckReport", "Checker", "run_check", "load_results", "compare",
-           "STATUSES", "MATCH", "MISMATCH", "NOT_RUN", "NOT_IMPLEMENTED", "ERROR"]
+           "judge", "STATUSES", "MATCH", "MISMATCH", "NOT_RUN", "NOT_IMPLEMENTED", "ERROR"]

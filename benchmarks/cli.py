@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               help="benchmarks: check reported tables, compare methods, measure speed")
     sub = p.add_subparsers(metavar="SUBCOMMAND")
 
-    c = sub.add_parser("check", help="recompute / compare every transcribed table cell; exit 1 on a mismatch "
-                                     "that no note explains",
+    c = sub.add_parser("check", help="recompute / compare every transcribed table cell; exit 1 on a "
+                                     "mismatch, unless the cell's note predicts mpq's value",
                        description="Prints one side-by-side table (reported | mpq | status) per paper table.")
     c.add_argument("--results", default=None, help="directory searched recursively for results.json files")
     c.add_argument("--markdown", default=None, metavar="FILE", help="also write the report as markdown")

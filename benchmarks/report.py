@@ -35,14 +35,8 @@ def format_value(value: Any, cell: Cell | None = None, mpq: bool = False) -> str
 
 
 def status_text(c: CellResult) -> str:
-    text = c.status
-    if c.status == MISMATCH:
-        text += f" ({c.detail})" if c.detail else ""
-        if c.explained:
-            text += " [noted]"
-    elif c.detail:
-        text += f" ({c.detail})"
-    return text
+    text = c.status + (f" ({c.detail})" if c.detail else "")
+    return text + (" [as noted]" if c.explained else "")
 
 
 def _rows(report: CheckReport) -> list[tuple[str, list[list[str]], list[str]]]:
@@ -56,10 +50,11 @@ def _rows(report: CheckReport) -> list[tuple[str, list[list[str]], list[str]]]:
             prefix = "<= " if c.cell.compare == "le" else ""
             body.append([c.row.id, c.cell.metric, prefix + reported,
                          format_value(c.mpq, c.cell, mpq=True) if c.mpq is not None else "", status_text(c)])
-            if c.status == MISMATCH:
-                note = c.cell.note
-                why = f"note: {note}" if note else "NO NOTE: unexplained"
-                notes.append(f"{c.row.id}.{c.cell.metric}: {why}")
+            if c.cell.note:
+                predicted = format_value(c.cell.predicted, c.cell, mpq=True) + unit
+                notes.append(f"{c.row.id}.{c.cell.metric}: note (predicts {predicted}): {c.cell.note}")
+            elif c.status == MISMATCH:
+                notes.append(f"{c.row.id}.{c.cell.metric}: NO NOTE: unexplained")
         src = tr.table.source
         heading = (f"{tr.file.paper} / {tr.table.id}: {tr.table.title} "
                    f"[{src.get('file', '?')}, {src.get('table', '?')}]")
@@ -72,7 +67,7 @@ def summary_line(report: CheckReport) -> str:
     parts = [f"{counts[s]} {s}" for s in STATUSES if counts[s] or s != "ERROR"]
     explained = sum(1 for t in report.tables for c in t.cells if c.explained)
     if counts[MISMATCH]:
-        parts[1] += f" ({explained} explained by a note)"
+        parts[1] += f" ({explained} as a note predicts)"
     verdict = "FAIL" if report.exit_code else "OK"
     return f"summary: {', '.join(parts)} -> {verdict}"
 

@@ -22,7 +22,7 @@ from benchmarks.check import (
     run_check,
 )
 from benchmarks.report import render_markdown, render_text
-from benchmarks.schema import load_tables, parse_table_file
+from benchmarks.schema import TableFile, load_tables, parse_table_file
 from core.cli import main
 from core.errors import DataError
 
@@ -45,26 +45,63 @@ def test_edmips_published_average_bits_recompute_green() -> None:
 
 
 def test_bpnas_table1_counts_and_noted_errata() -> None:
-    """Every BP-NAS Table 1 param count matches; the three FLOPs cells that disagree carry notes, so they
-    stay MISMATCH in the report without failing the exit code; the budgets of the configurations hold."""
+    """Every BP-NAS Table 1 param count matches; the three FLOPs cells that disagree carry notes predicting
+    mpq's count, so they stay MISMATCH in the report without failing the exit code; the budgets hold."""
     report = Checker(reference_dirs=[]).run([_only("bpnas", {"supp-table1", "supp-table1-configs"})])
     cells = [c for t in report.tables for c in t.cells]
     mism = sorted(c.row.id for c in cells if c.status == MISMATCH)
     assert mism == ["block0", "block6", "block7"]
-    assert all(c.explained for c in cells if c.status == MISMATCH)
+    assert all(c.explained and c.as_predicted for c in cells if c.status == MISMATCH)
     assert all(c.status == MATCH for c in cells if c.cell.metric in ("params", "avg_bits"))
     assert report.exit_code == 0
     text = render_text(report)
-    assert "MISMATCH" in text and "[noted]" in text and "Suspected erratum" in text
+    assert "MISMATCH" in text and "[as noted]" in text and "Suspected erratum" in text
+    assert "block0.flops: note (predicts 4.4200e+05 FLOPs)" in text and "4.42 x 10^6 FLOPs" in text
 
 
 def test_unexplained_mismatch_fails(tmp_path: Path) -> None:
     f = _only("bpnas", {"supp-table1"})
     row = next(r for r in f.tables[0].rows if r.id == "block0")
-    f.tables[0].rows = [replace(row, cells=[replace(c, note=None) for c in row.cells], note="context only")]
+    cells = [replace(c, note=None, predicted=None) for c in row.cells]
+    f.tables[0].rows = [replace(row, cells=cells, note="context only")]
     report = Checker(reference_dirs=[]).run([f])
     assert report.exit_code == 1 and len(report.failures) == 1
     assert "NO NOTE" in render_text(report)
+
+
+def _llt_mobilenet_bitops() -> TableFile:
+    f = _only("llt", {"official"})
+    f.tables[0].rows = [r for r in f.tables[0].rows if r.id == "mobilenetv1-w4a4-bitops"]
+    return f
+
+
+def test_a_mutated_recomputation_fails_although_the_cell_has_a_note(monkeypatch) -> None:
+    """LLT's MobileNetV1 W4A4 cell (9.68 G) carries a note predicting 9.6775 G; dropping the 8-bit first /
+    last layers from the recomputation (8.91 G) must fail the check, note or not."""
+    report = Checker(reference_dirs=[]).run([_llt_mobilenet_bitops()])
+    cell = report.tables[0].cells[0]
+    assert cell.cell.note and cell.status == MATCH and cell.as_predicted and report.exit_code == 0
+    real = recomputers_mod.uniform_bitops
+    monkeypatch.setitem(recompute_mod.RECOMPUTERS, "uniform_bitops",
+                        lambda ctx, **args: real(ctx, **{**args, "first_last_bits": None}))
+    report = Checker(reference_dirs=[]).run([_llt_mobilenet_bitops()])
+    cell = report.tables[0].cells[0]
+    assert round(cell.mpq / 1e9, 2) == 8.91
+    assert cell.status == MISMATCH and not cell.explained and report.failures == [cell]
+    assert report.exit_code == 1 and "leaves the value its note predicts (9.6775e+09)" in cell.detail
+    assert "-> FAIL" in render_text(report)
+
+
+def test_a_recomputation_that_matches_a_noted_erratum_fails(monkeypatch) -> None:
+    """A change that makes mpq reproduce the printed erratum (4.42 x 10^6 for a 4.42 x 10^5 conv) leaves
+    the value the note predicts: that fails too."""
+    f = _only("bpnas", {"supp-table1"})
+    f.tables[0].rows = [r for r in f.tables[0].rows if r.id == "block0"]
+    monkeypatch.setitem(recompute_mod.RECOMPUTERS, "module_counts",
+                        lambda ctx, **args: {"params": 432, "flops": 4.42e6})
+    report = Checker(reference_dirs=[]).run([f])
+    flops = next(c for c in report.tables[0].cells if c.cell.metric == "flops")
+    assert flops.status == MISMATCH and flops.as_predicted is False and report.exit_code == 1
 
 
 def _write_results(root: Path, name: str, data: dict) -> None:
@@ -168,6 +205,14 @@ def test_bad_results_inputs(tmp_path: Path, capsys) -> None:
         load_results(tmp_path)
     assert main(["bench", "check", "--paper", "onemps", "--results", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_onemps_edmips_row_names_what_is_missing() -> None:
+    """EdMIPS is in mpq; what the row needs and mpq lacks is OneMPS's correlation protocol."""
+    cells = Checker(reference_dirs=[]).run(load_tables(paper="onemps")).tables[0].cells
+    edmips = next(c for c in cells if c.row.id == "resnet18-edmips")
+    assert edmips.status == NOT_IMPLEMENTED and "EdMIPS not in mpq" not in edmips.detail
+    assert "OneMPS's protocol" in edmips.detail
 
 
 def test_markdown_report_has_every_table() -> None:

@@ -40,6 +40,15 @@ def test_config_loads_with_the_papers_constants(path):
         assert cfg.table_row
 
 
+def test_paper_alpha_agrees_with_the_transcribed_supplementary():
+    """Supplementary Sec. 1: alpha 3.0, 2.0, 1.0 for ResNet-18, ResNet-50, MobileNetV1 (benchmark table)."""
+    from benchmarks.schema import load_tables
+
+    table = next(t for t in load_tables(paper="llt")[0].tables if t.id == "supp-sec1")
+    transcribed = {r.context["model"]: r.cells[0].value for r in table.rows}
+    assert transcribed == PAPER_ALPHA == {"resnet18": 3.0, "resnet50": 2.0, "mobilenet_v1": 1.0}
+
+
 def test_weight_only_search_on_mobilenet_v1():
     model = build_model("mobilenet_v1", num_classes=1000)
     names = [r.name for r in count(model, (3, 64, 64), convention="limpq").rows if r.counted]
