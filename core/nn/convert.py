@@ -20,9 +20,10 @@ def _is_float_layer(m: nn.Module) -> bool:
     return type(m) in (nn.Conv2d, nn.Linear)
 
 
-def _candidates(name: str, m: nn.Module, spec: QuantSpec) -> list[tuple[str, nn.Module]]:
+def _candidates(name: str, m: nn.Module, spec: QuantSpec, quantized: tuple[type[nn.Module], ...]
+                ) -> list[tuple[str, nn.Module]]:
     """Conv/linear layers to consider, in order; errors on layers that cannot be swapped safely."""
-    if isinstance(m, quantized_layer_types()):
+    if isinstance(m, quantized):
         raise ConfigError(f"layer {name!r} is already a {type(m).__name__}: the model is already quantized")
     if _is_float_layer(m):
         return [(name, m)]
@@ -71,7 +72,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> list[str]:
         raise ConfigError(f"quantize_model needs a QuantSpec, got {type(spec).__name__}")
     kind = get_layer_kind(spec.kind)
     all_modules = list(model.named_modules())
-    layers = [item for name, m in all_modules for item in _candidates(name, m, spec)]
+    quantized = quantized_layer_types()
+    layers = [item for name, m in all_modules for item in _candidates(name, m, spec, quantized)]
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no nn.Conv2d / nn.Linear layer to quantize")
     ctx = KindContext(model, kind.resolve_options(spec.options), all_modules, layers[0][0], layers[-1][0])
