@@ -374,7 +374,7 @@ def count(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224), policy:
         rows.sort(key=lambda r: position.get(r.name, 0))
     if policy is not None:
         _check_policy_covers(policy, model, rows, conv.name)
-    in_layers = {id(p) for _, m in layers for p in m.parameters(recurse=False)}
+    in_layers = {id(p) for _, m in layers for p in m.parameters()}  # with quantizer step sizes
     meta = {"include_first": inc_first, "include_last": inc_last, "trace": traced.mode,
             "matmuls": matmuls, "first_bits": conv.first_bits, "last_bits": conv.last_bits,
             "params_outside_layers": sum(p.numel() for p in model.parameters() if id(p) not in in_layers)}
