@@ -7,6 +7,11 @@ its absolute value, its baseline's and the ratio. Groups:
   version) vs torch's native ``_fake_quantize_learnable_per_tensor_affine`` and vs ReLU, on a
   64x256x28x28 tensor; plus the largest gradient difference between LSQ and the native op.
 - ``bops``: ``core.bops.count`` on ResNet-50 vs one plain forward pass of the same model.
+- ``counting``: ``core.bops.count`` on ResNet-50 (its op-by-op audit included) vs fvcore's
+  ``FlopCountAnalysis`` and vs ``torch.utils.flop_counter.FlopCounterMode`` around a real and a
+  meta forward; each ratio is the other tool's time over ``count``'s (above 1: ``count`` is
+  faster), and the MACs of each tool minus ``count``'s are reported too (0: they agree). Without
+  fvcore (``pip install -e .[bench]``) its rows say so and the others still run.
 - ``data``: ImageNet-folder loading (core.data, fixture JPEGs written to a temp dir) vs decoding the
   same files with PIL alone.
 - paper groups: every paper whose bench module (or its sibling ``perf`` module) defines
@@ -146,6 +151,65 @@ def group_bops(smoke: bool, repeats: int) -> list[Measurement]:
             _vs(f"core.bops.count {name}", t_count, "s", f"{name} forward (batch 1)", t_fwd)]
 
 
+# ----------------------------------------------------------------------------- counting
+def group_counting(smoke: bool, repeats: int) -> list[Measurement]:
+    import copy
+    import logging
+    import warnings
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core.bops import count
+    from core.models import build_model
+
+    name, size = ("resnet20", (3, 32, 32)) if smoke else ("resnet50", (3, 224, 224))
+    model = build_model(name, num_classes=10 if smoke else 1000).eval()
+    meta_model = copy.deepcopy(model).to("meta")
+    x = torch.randn(1, *size)
+    macs = count(model, size).macs
+
+    def flop_counter(net: torch.nn.Module, device: str) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x.to(device))
+        return counter.get_total_flops() // 2
+
+    base = f"core.bops.count {name} (audited)"
+    t_count = median_time(lambda: count(model, size), repeats)
+    out = [Measurement(base, t_count, "s")]
+    for label, net, device in (("real", model, "cpu"), ("meta", meta_model, "meta")):
+        t = median_time(lambda net=net, device=device: flop_counter(net, device), repeats)
+        out.append(_vs(f"FlopCounterMode {name} ({label} forward)", t, "s", base, t_count))
+    out.append(Measurement("FlopCounterMode MACs (FLOPs / 2) minus count's",
+                           flop_counter(model, "cpu") - macs, "MACs"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore scripts a helper with the deprecated torch.jit.script
+            from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        out.append(Measurement("fvcore FlopCountAnalysis: skipped (fvcore not installed; "
+                               "pip install -e .[bench])", float("nan"), "s"))
+        return out
+
+    def fvcore() -> dict[str, int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jit tracer warnings
+            analysis = FlopCountAnalysis(model, x)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            return analysis.by_operator()
+
+    logging.disable(logging.WARNING)  # fvcore logs every op it skips (batch norm, pooling, ...)
+    try:
+        t_fvcore = median_time(fvcore, repeats)
+        by_op = fvcore()
+    finally:
+        logging.disable(logging.NOTSET)
+    out.append(_vs(f"fvcore FlopCountAnalysis {name}", t_fvcore, "s", base, t_count))
+    out.append(Measurement("fvcore conv + linear MACs minus count's",
+                           by_op.get("conv", 0) + by_op.get("linear", 0) - macs, "MACs"))
+    return out
+
+
 # ----------------------------------------------------------------------------- data
 def _fixtures():
     path = REPO_ROOT / "tests" / "fixtures.py"
@@ -188,7 +252,7 @@ def group_data(smoke: bool, repeats: int) -> list[Measurement]:
 
 
 BUILTIN: dict[str, Callable[[bool, int], list[Measurement]]] = {
-    "fakequant": group_fakequant, "bops": group_bops, "data": group_data}
+    "fakequant": group_fakequant, "bops": group_bops, "counting": group_counting, "data": group_data}
 
 
 def paper_groups() -> dict[str, Callable[[bool, int], list[Measurement]] | str]:

@@ -27,3 +27,8 @@ class BudgetError(MpqError):
 
 class TrainingDivergedError(MpqError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CountingError(ConfigError):
+    """Work the BOPs counter cannot attribute exactly (a weight used outside its layer, a layer that
+    never ran, matmuls the convention does not define); counting it as 0 would undercount."""
