@@ -269,7 +269,7 @@ def test_a_policy_must_cover_every_layer_inside_the_totals():
 def test_a_quantized_layer_missing_from_the_policy_is_an_error_a_frozen_one_is_not():
     core_nn = pytest.importorskip("core.nn")
     model = build_model("resnet20", num_classes=10)
-    names = core_nn.quantize_model(model, core_nn.QuantSpec(mode="fixed", w_bits=4, a_bits=4, first="w8",
+    names = core_nn.quantize_model(model, core_nn.QuantSpec(kind="fixed", w_bits=4, a_bits=4, first="w8",
                                                             last="w8a8"))
     report = count(model, (3, 32, 32), policy=BitPolicy.uniform(names, 2, 2))  # exact: all inside
     assert [r.bits_from for r in report.rows if r.role] == ["frozen", "frozen"]
