@@ -171,12 +171,13 @@ class RunDir:
                 log(f"run.resume=none: the previous run's files in {self.path} moved to {moved}")
         record = self.read_record() or {"format": 1, "created": _now(), "code_version": code_version(),
                                         "starts": []}
-        start = {"time": _now(), "resume": claimed["resume"], "code_version": code_version(),
-                 "world_size": get_info().world_size}
+        if first:  # a Trainer re-claiming a directory its caller opened is the same start
+            start = {"time": _now(), "resume": claimed["resume"], "code_version": code_version(),
+                     "world_size": get_info().world_size}
+            record["starts"] = [*record.get("starts", []), start]
         if claimed["changed"]:
-            start["changed"] = {k: [a, b] for k, a, b in claimed["changed"]}
+            record["starts"][-1]["changed"] = {k: [a, b] for k, a, b in claimed["changed"]}
         record["identity"] = claimed["identity"]
-        record["starts"] = [*record.get("starts", []), start]
         atomic_write_text(self.record_path, json.dumps(record, indent=1, default=str) + "\n")
         if config is not None:
             save_config(config, self.config_path)

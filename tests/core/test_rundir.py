@@ -54,7 +54,8 @@ class Stoppable(Trainer):
         return super().train_step(batch)
 
 
-def _trainer(out: Path, *overrides: str, stop_at: int | None = None, identity=None) -> Stoppable:
+def _trainer(out: Path, *overrides: str, stop_at: int | None = None, identity=None, run_dir=None
+             ) -> Stoppable:
     cfg = load_config(Cfg, None, [f"run.out_dir={out}", *overrides])
     seed_everything(cfg.run.seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
@@ -62,8 +63,10 @@ def _trainer(out: Path, *overrides: str, stop_at: int | None = None, identity=No
     loader = build_loader(train, cfg.data.batch_size, train=True, workers=cfg.data.workers, seed=0)
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(cfg.schedule, opt, len(loader))
+    kwargs = trainer_kwargs(cfg.run, cfg.optim)
+    kwargs["run_dir"] = run_dir or kwargs["run_dir"]
     trainer = Stoppable(model, opt, loader, epochs=cfg.schedule.epochs, schedulers=sched, config=cfg,
-                        identity=identity, **trainer_kwargs(cfg.run, cfg.optim))
+                        identity=identity, **kwargs)
     trainer.stop_at = stop_at
     return trainer
 
@@ -195,6 +198,18 @@ def test_a_stage_without_trainer_opens_the_directory(tmp_path):
         RunDir(tmp_path).open(config_identity(load_config(Cfg, None, ["optim.lr=0.4"])), "auto")
     with RunDir(tmp_path).open(config_identity(cfg), "auto"):
         pass
+
+
+def test_a_stage_holds_its_directory_across_fit_and_its_own_writes(tmp_path):
+    cfg = load_config(Cfg, None, [f"run.out_dir={tmp_path}"])
+    with RunDir(tmp_path).open(config_identity(cfg), "auto", cfg) as run:
+        trainer = _trainer(tmp_path, run_dir=run)
+        trainer.fit()
+        assert (tmp_path / ".lock").exists()  # still ours: results are written under the lock
+        run.write_json("results.json", {"wall_time_s": trainer.wall_time_s})
+    assert not (tmp_path / ".lock").exists()
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert len(record["starts"]) == 1 and record["progress"]["finished"]
 
 
 _HOLDER = textwrap.dedent("""
