@@ -14,6 +14,7 @@ from core.engine.dist import (
     is_distributed,
     is_main,
     no_sync,
+    on_main,
     unwrap,
     wrap_ddp,
 )
@@ -29,7 +30,8 @@ from core.io import atomic_write_text
 __all__ = [
     "Checkpointer", "check_plain", "load_checkpoint", "safe_torch_load", "state_digest", "DistInfo",
     "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "destroy_distributed", "get_info",
-    "init_distributed", "is_distributed", "is_main", "no_sync", "unwrap", "wrap_ddp", "NON_IDENTITY_KEYS",
+    "init_distributed", "is_distributed", "is_main", "no_sync", "on_main", "unwrap", "wrap_ddp",
+    "NON_IDENTITY_KEYS",
     "check_producer", "code_version", "config_identity", "build_optimizer", "build_scheduler", "lr_factor",
     "RESUME_MODES", "MetricsLogger", "Progress", "RunDir", "atomic_write_text", "log", "resolve_device",
     "rng_state", "seed_everything", "set_rng_state", "GlobalBatchNorm", "convert_sync_batchnorm",

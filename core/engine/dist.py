@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,11 +17,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from core.engine.seed import resolve_device
-from core.errors import ConfigError
+from core.errors import ConfigError, MpqError
 
 __all__ = ["DistInfo", "init_distributed", "get_info", "is_main", "barrier", "all_reduce_mean",
-           "all_reduce_sum", "broadcast_object", "wrap_ddp", "unwrap", "no_sync", "destroy_distributed",
-           "is_distributed"]
+           "all_reduce_sum", "broadcast_object", "on_main", "wrap_ddp", "unwrap", "no_sync",
+           "destroy_distributed", "is_distributed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,25 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 only; every rank returns its result or raises its error, so a failure on
+    rank 0 (a refused resume, a full disk) never leaves the other ranks waiting at a collective."""
+    result, err = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            err = exc
+    shared = err if err is None or isinstance(err, (MpqError, OSError)) else \
+        RuntimeError(f"rank 0 failed: {type(err).__name__}: {err}")
+    result, shared = broadcast_object((result, shared))
+    if err is not None:
+        raise err  # rank 0: the original, with its traceback
+    if shared is not None:
+        raise shared
+    return result
 
 
 def wrap_ddp(model: nn.Module, find_unused_parameters: bool = False, sync_bn: bool = False) -> nn.Module:

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from core.config import save_config
-from core.engine.dist import broadcast_object, get_info, is_main
+from core.engine.dist import get_info, is_main, on_main
 from core.engine.identity import code_version, format_diff, identity_diff
 from core.engine.lock import RunLock
-from core.errors import ConfigError, MpqError, RunDirError
+from core.errors import ConfigError, RunDirError
 from core.io import atomic_write_text, output_error, remove_orphaned_temps
 
 __all__ = ["RunDir", "MetricsLogger", "Progress", "atomic_write_text", "log", "RESUME_MODES"]
@@ -55,20 +55,17 @@ def _now() -> str:
 
 
 def _on_main(fn: Callable[[], Any], path: Path, action: str = "write") -> Any:
-    """Run ``fn`` on rank 0 and give every rank its result, or raise its error on every rank (so a
-    refusal on rank 0 never leaves the other ranks waiting); an ``OSError`` becomes an ``OutputError``."""
-    result, err = None, None
-    if is_main():
+    """:func:`~core.engine.dist.on_main` with an ``OSError`` turned into an ``OutputError``."""
+    def guarded() -> Any:
         try:
-            result = fn()
-        except MpqError as exc:
-            err = exc
+            return fn()
         except OSError as exc:
-            err = output_error(exc, path, action) or exc
-    result, err = broadcast_object((result, err))
-    if err is not None:
-        raise err
-    return result
+            err = output_error(exc, path, action)
+            if err is None:
+                raise
+            raise err from exc
+
+    return on_main(guarded)
 
 
 class RunDir:

@@ -39,17 +39,17 @@ from core.engine.dist import (
     all_reduce_mean,
     all_reduce_sum,
     barrier,
-    broadcast_object,
     get_info,
     is_distributed,
     is_main,
+    on_main,
     unwrap,
     wrap_ddp,
 )
 from core.engine.identity import config_identity, format_diff, identity_diff
 from core.engine.rundir import RESUME_MODES, MetricsLogger, Progress, RunDir, log
 from core.engine.seed import rng_state, set_rng_state
-from core.errors import CheckpointError, ConfigError, MpqError, RunDirError, TrainingDivergedError
+from core.errors import CheckpointError, ConfigError, RunDirError, TrainingDivergedError
 
 __all__ = ["Trainer", "ClassificationTrainer", "evaluate", "accuracy", "move_to", "trainer_kwargs"]
 
@@ -429,21 +429,7 @@ class Trainer:
                     "step": self.step, "wall_time_s": round(self.wall_time_s, 3)})
             return path
 
-        return self._on_main(write)
-
-    @staticmethod
-    def _on_main(fn: Any) -> Any:
-        """``fn()`` on rank 0; its result or its error on every rank (no rank left waiting)."""
-        result, err = None, None
-        if is_main():
-            try:
-                result = fn()
-            except MpqError as exc:
-                err = exc
-        result, err = broadcast_object((result, err))
-        if err is not None:
-            raise err
-        return result
+        return on_main(write)
 
     def _resume(self) -> int:
         """Claim the run directory, load the checkpoint to continue from (validated), then write the
@@ -493,7 +479,7 @@ class Trainer:
             found = self.checkpointer.load_latest(map_location=self.device)
             return None if found is None else str(found[0])
 
-        path = self._on_main(choose)  # only the path travels to the other ranks
+        path = on_main(choose)  # only the path travels to the other ranks
         if path is None or is_main():
             return found
         return Path(path), load_checkpoint(path, map_location=self.device)

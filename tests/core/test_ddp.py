@@ -28,6 +28,7 @@ from torch.utils.data import Subset
 from core.config import OptimConfig, ScheduleConfig
 from core.data import build_dataset, build_loader
 from core.engine import (
+    RunDir,
     Trainer,
     barrier,
     build_optimizer,
@@ -37,6 +38,7 @@ from core.engine import (
     is_main,
     seed_everything,
 )
+from core.errors import RunDirError
 
 GLOBAL_BATCH = 32
 TOL = 1e-5
@@ -91,6 +93,18 @@ def _forked_rank(rank: int, out_dir: Path, port: int, what: str = "plain") -> No
     elif what == "bn":
         run_bn(out_dir / "ddp_sync", sync_bn=True)
         run_bn(out_dir / "ddp_plain", sync_bn=False)
+        destroy_distributed()
+    elif what == "refusal":  # rank 0 holds the lock and refuses; every rank must raise, none may wait
+        info = init_distributed("cpu")
+        model = nn.Linear(4, 2)
+        trainer = Trainer(model, build_optimizer(OptimConfig(), model.parameters()), [], epochs=1,
+                          run_dir=out_dir / "run", resume="auto", identity={"optim.lr": 0.2})
+        try:
+            trainer.fit()
+            error = None
+        except RunDirError as exc:
+            error = str(exc)
+        (out_dir / f"rank{info.rank}.json").write_text(json.dumps({"error": error}))
         destroy_distributed()
     elif what == "timeout":
         init_distributed("cpu", timeout_s=2)
@@ -155,6 +169,16 @@ def test_sync_batchnorm_two_processes_match_one_process(tmp_path):
           f"sync_bn {sync_gap:.3g} / {_max_diff(p_sync, p_one):.3g}, without {loss_gap:.3g} / "
           f"{_max_diff(p_plain, p_one):.3g}")
     assert _max_diff(p_plain, p_one) > 100 * TOL_SYNC_BN  # per-rank statistics: another computation
+
+
+def test_a_refusal_on_rank_0_reaches_every_rank(tmp_path):
+    with RunDir(tmp_path / "run").open({"optim.lr": 0.1}, "auto"):
+        pass
+    torch.multiprocessing.start_processes(_forked_rank, args=(tmp_path, _free_port(), "refusal"), nprocs=2,
+                                          start_method="fork", join=True)
+    errors = [json.loads((tmp_path / f"rank{r}.json").read_text())["error"] for r in (0, 1)]
+    assert errors[0] == errors[1] and "optim.lr: 0.1 -> 0.2" in errors[0]
+    assert not (tmp_path / "run" / ".lock").exists()
 
 
 def test_a_stalled_rank_fails_after_the_configured_timeout(tmp_path):
