@@ -124,11 +124,12 @@ class RunDir:
                                       "holds no mpq run (no run.json, config.yaml, metrics.jsonl or "
                                       "checkpoints/); choose a new or empty run.out_dir")
             elif record is None:
-                if any(self.checkpoints.glob("*.pt")):
+                if any(self.checkpoints.glob("*.pt")) and resume != "force":
                     raise RunDirError(f"{self.path} holds checkpoints but no {RUN_FILE} (an older mpq, or a "
                                       "copied directory), so they cannot be told apart from another run's. "
                                       "Start afresh with run.resume=none (the files move to "
-                                      f"{PREVIOUS_DIR}/) or choose another run.out_dir")
+                                      f"{PREVIOUS_DIR}/), choose another run.out_dir, or, if they are this "
+                                      "run's, continue with run.resume=force")
             else:
                 changed = identity_diff(record.get("identity", {}), identity)
                 if changed and resume != "force":
