@@ -135,7 +135,7 @@ def check_producer(source: Mapping[str, Any] | str | Path | None, identity: Mapp
             raise RunDirError(f"{msg}; {fix or 're-make it with this config'}")
         warnings.warn(msg + "; using it as is", stacklevel=2)
         return None
-    diff = identity_diff(record.get("identity", {}), identity)
+    diff = identity_diff(record.get("identity", {}), config_identity(dict(identity)))
     if diff:
         raise RunDirError(f"the {where} was made by another run: {len(diff)} key(s) differ (that run -> "
                           f"this config):\n{format_diff(diff)}\n{fix or 'Re-make it with this config.'}")
