@@ -104,9 +104,12 @@ def load_results(root: str | Path | None) -> list[tuple[Path, dict]]:
     out = []
     for p in paths:
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{p}: not UTF-8 text ({exc}); a results.json is UTF-8 JSON written by a "
+                            "trainer: re-run it, or remove the file") from None
         except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{p}: not a readable JSON file ({exc}); fix or remove it") from exc
+            raise DataError(f"{p}: not a readable JSON file ({exc}); fix or remove it") from None
         if not isinstance(data, dict):
             raise DataError(f"{p}: expected a JSON object, got {type(data).__name__}")
         out.append((p, data))

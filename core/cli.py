@@ -12,7 +12,7 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from core.errors import MpqError
+from core.errors import DataError, MpqError
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -51,6 +51,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.name, args.root, verify=args.verify)
     for key, value in report.items():
         print(f"{key}: {value}")
+    if report.get("corrupt"):
+        raise DataError(f"{args.name}: {report['corrupt']} file(s) under {report.get('root')} do not decode "
+                        f"({report['corrupt_files']}); replace them, or train with data.skip_corrupt=true to "
+                        "skip and count them")
     return 0
 
 
@@ -110,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MpqError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a fault of the file system outside the write sites that name it themselves
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

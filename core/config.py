@@ -14,11 +14,17 @@ builds the dataclass, validating every key and type on the way:
 0.05
 
 Errors (:class:`~core.errors.ConfigError`) name the dotted key; an unknown key lists the valid ones.
+
+Impossible values (``epochs=0``, ``lr=-1``, ``batch_size=0`` ...) are refused too: a schema may define
+``validate(self)``, which :func:`build_config` calls on every (nested) section once the config is
+built; it checks fields with :func:`require` / :func:`require_range`, and the error names the full
+dotted key (``config key search.optim.lr: must be > 0, got -1.0``). Paper schemas reuse the helpers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import types
 import typing
@@ -32,10 +38,57 @@ from core.io import atomic_write_text
 
 __all__ = [
     "DataConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "load_config", "build_config",
-    "config_to_dict", "save_config", "parse_overrides", "read_yaml",
+    "config_to_dict", "save_config", "parse_overrides", "read_yaml", "require", "require_range",
+    "validate_config",
 ]
 
 BASE_KEY = "_base_"
+
+
+# --------------------------------------------------------------------------- value checks
+class FieldError(ConfigError):
+    """An impossible value of one field; :func:`validate_config` prefixes the section's path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key {key}: {message}")
+        self.key, self.message = key, message
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """In a schema's ``validate()``: raise for field ``key`` (relative to the section) unless ``ok``."""
+    if not ok:
+        raise FieldError(key, message)
+
+
+def require_range(section: Any, names: str | list[str], *, gt: float | None = None, ge: float | None = None,
+                  lt: float | None = None, le: float | None = None) -> None:
+    """In a schema's ``validate()``: each field in ``names`` (``None`` values are allowed) must lie
+    within the bounds; list/tuple values are checked item by item."""
+    for name in [names] if isinstance(names, str) else names:
+        value = getattr(section, name)
+        for i, v in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
+            if v is None:
+                continue
+            key = name if i is None else f"{name}[{i}]"
+            for bound, ok, word in ((gt, operator.gt, ">"), (ge, operator.ge, ">="), (lt, operator.lt, "<"),
+                                    (le, operator.le, "<=")):
+                if bound is not None:
+                    require(ok(v, bound), key, f"must be {word} {bound:g}, got {v!r}")
+
+
+def validate_config(cfg: Any, prefix: str = "") -> None:
+    """Call ``validate()`` of ``cfg`` and of every nested config section; a :class:`FieldError` is
+    re-raised with the dotted path of its section (``search.optim.lr``)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return
+    for f in dataclasses.fields(cfg):
+        validate_config(getattr(cfg, f.name), f"{prefix}{f.name}.")
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except FieldError as exc:
+            raise ConfigError(f"config key {prefix}{exc.key}: {exc.message}") from None
 
 
 # --------------------------------------------------------------------------- common sub-schemas
@@ -55,6 +108,10 @@ class DataConfig:
     skip_corrupt: bool = False
     fast_decode: bool = True  # imagenet: torchvision.io decoding + tensor transforms (False: PIL reference)
 
+    def validate(self) -> None:
+        require_range(self, ["batch_size", "val_batch_size", "image_size", "resize_size"], ge=1)
+        require_range(self, "workers", ge=0)
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -69,6 +126,11 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # None: no clipping
     grad_clip_mode: Literal["norm", "value"] = "norm"
+
+    def validate(self) -> None:
+        require_range(self, ["lr", "grad_clip"], gt=0)
+        require_range(self, "weight_decay", ge=0)
+        require_range(self, ["momentum", "betas", "label_smoothing"], ge=0, lt=1)
 
 
 @dataclasses.dataclass
@@ -85,11 +147,18 @@ class ScheduleConfig:
     min_lr: float = 0.0  # "cosine": final lr
     per_step: bool = True  # update every iteration (False: only at epoch boundaries)
 
+    def validate(self) -> None:
+        require_range(self, ["epochs", "step_size"], ge=1)
+        require_range(self, ["warmup_epochs", "warmup_start_factor", "min_lr", "milestones"], ge=0)
+        require_range(self, "gamma", gt=0)
+
 
 @dataclasses.dataclass
 class RunConfig:
-    """Where and how a run executes. ``resume``: ``auto`` (latest checkpoint in out_dir, if any),
-    ``none`` (start fresh), or a checkpoint path."""
+    """Where and how a run executes. ``resume``: ``auto`` (continue the run recorded in out_dir, if it is
+    the same run), ``none`` (start afresh; the old run's files move to ``out_dir/.previous/``),
+    ``force`` (continue although identity keys changed; the change is recorded in run.json), or a
+    checkpoint path (see :mod:`core.engine.identity` and ``docs/core_api.md``)."""
 
     out_dir: str = "runs/default"
     seed: int = 0
@@ -101,6 +170,14 @@ class RunConfig:
     eval_every: int = 1
     keep_checkpoints: int | None = None  # per-epoch checkpoints kept (None: all); last.pt always
     tensorboard: bool = False
+    sync_bn: bool = False  # DDP: BatchNorm statistics over the global batch (all ranks)
+    dist_timeout_s: float = 1800.0  # DDP: how long a collective waits for a stalled rank
+
+    def validate(self) -> None:
+        require_range(self, ["log_every", "eval_every"], ge=1)
+        require_range(self, "keep_checkpoints", ge=0)
+        require_range(self, "dist_timeout_s", gt=0)
+        require(bool(self.out_dir), "out_dir", "must not be empty")
 
 
 # --------------------------------------------------------------------------- YAML reading
@@ -114,7 +191,9 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         where = f" (inherited by {_seen[-1]})" if _seen else ""
         raise ConfigError(f"config file not found: {path}{where}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed YAML in {path}: {exc}") from None
     if data is None:
@@ -206,7 +285,10 @@ def build_config(schema_cls: type, data: dict, prefix: str = "") -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {prefix}{name} "
                               f"({_type_name(hints[name])}); set it in the YAML or as {prefix}{name}=...")
-    return schema_cls(**kwargs)
+    cfg = schema_cls(**kwargs)
+    if not prefix:
+        validate_config(cfg)
+    return cfg
 
 
 def _field_default(f: dataclasses.Field) -> Any:

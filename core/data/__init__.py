@@ -24,7 +24,7 @@ from core.data.coco import (
     mmdet_dataset_config,
     validate_coco,
 )
-from core.data.common import DatasetInfo, require_dir
+from core.data.common import DatasetInfo, require_dir, skipped_files
 from core.data.digits import DEFAULT_VAL_SIZE, NUM_DIGITS, DigitsDataset
 from core.data.imagenet import IMAGENET_LAYOUT, ImageFolderDataset, scan_folder
 from core.data.loader import EpochLoader, ShardSampler, build_loader
@@ -32,7 +32,8 @@ from core.errors import DataError
 
 __all__ = ["build_dataset", "build_dataset_from_config", "build_loader", "check_dataset", "dataset_info",
            "DatasetInfo", "DATASETS", "DigitsDataset", "CifarDataset", "ImageFolderDataset", "CocoDetection",
-           "EpochLoader", "ShardSampler", "mmdet_dataset_config", "coco_metric_config", "validate_coco"]
+           "EpochLoader", "ShardSampler", "mmdet_dataset_config", "coco_metric_config", "validate_coco",
+           "skipped_files"]
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 10, 3, 32, "embedded (scikit-learn load_digits); no root needed",

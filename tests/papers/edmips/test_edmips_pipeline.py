@@ -61,7 +61,8 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
 def test_search_resumes_and_extends(tmp_path):
     out = tmp_path / "run"
     _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=1"))
-    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=2"))  # resume=auto: one more epoch
+    # one more epoch: a changed identity key, so the run continues only when forced (recorded in run.json)
+    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=2", "run.resume=force"))
     history = json.loads((out / "search" / "arch_history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
     records = [json.loads(line) for line in (out / "search" / "metrics.jsonl").read_text().splitlines()]

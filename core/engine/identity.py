@@ -1,0 +1,146 @@
+"""Run identity: what makes two runs the same run, so that a run directory is resumed only by its own run
+and a stage consumes only the output of the run it belongs to.
+
+The identity of a run is its resolved config as a flat mapping of dotted keys (``optim.lr``) minus
+:data:`NON_IDENTITY_KEYS`, the keys that say how and where a run executes or what it logs, never which
+model is trained on which data with which hyper-parameters. Two runs that differ only in those keys are
+the same experiment, up to floating-point rounding and the random stream of data-loader workers: the same
+kind of difference as the number of DDP processes, which no config records. A stage may narrow its
+identity to the sections it depends on (``config_identity(cfg, exclude=["train"])`` for a search that
+a later training stage follows), so changing a later stage's keys does not disown an earlier stage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from core.config import config_to_dict
+from core.errors import RunDirError
+
+__all__ = ["NON_IDENTITY_KEYS", "config_identity", "identity_diff", "format_diff", "code_version",
+           "check_producer"]
+
+#: Keys (dotted, matched as a suffix so a nested ``teacher.data.workers`` counts too) left out of a run's
+#: identity. Kept in identity on purpose: ``data.root`` (another root may hold another dataset: a subset,
+#: another version; a moved dataset is resumed with ``run.resume=force``), ``run.seed``, ``run.sync_bn``,
+#: ``data.fast_decode`` (another decoder gives other pixels).
+NON_IDENTITY_KEYS: tuple[str, ...] = (
+    "run.out_dir",  # where the run is written
+    "run.resume",  # how it starts
+    "run.device",  # where it runs (like the number of processes: rounding only)
+    "run.deterministic",  # kernel selection: rounding only
+    "run.compile",  # compiled quantizer kernels: rounding only
+    "run.log_every",  # what is logged
+    "run.eval_every",  # when the model is evaluated (no_grad, eval mode: training is unchanged)
+    "run.keep_checkpoints",  # how many checkpoints are kept
+    "run.tensorboard",
+    "run.dist_timeout_s",  # how long ranks wait for each other
+    "data.workers",  # loader processes: only the augmentation random stream changes
+    "data.val_batch_size",  # evaluation batch (eval-mode BatchNorm: per-sample results)
+)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping) and (obj or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _volatile(key: str) -> bool:
+    return any(key == p or key.endswith("." + p) for p in NON_IDENTITY_KEYS)
+
+
+def config_identity(config: Any, sections: Iterable[str] | None = None, exclude: Iterable[str] = ()
+                    ) -> dict[str, Any]:
+    """The identity of ``config`` (a config dataclass or mapping): ``{dotted key: value}`` without
+    :data:`NON_IDENTITY_KEYS`; restricted to the top-level ``sections`` when given, minus the keys or
+    sections in ``exclude`` (e.g. ``["train", "discretize"]`` for a search stage). Values are JSON types
+    (tuples become lists), so an identity compares equal to its own copy read back from ``run.json``."""
+    flat = _flatten(json.loads(json.dumps(config_to_dict(config), default=str)))
+    keep = list(sections) if sections is not None else None
+    exclude = list(exclude)
+    return {k: v for k, v in flat.items()
+            if not _volatile(k) and not _under(k, exclude) and (keep is None or _under(k, keep))}
+
+
+def identity_diff(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``[(key, recorded value, current value)]`` for every key that differs (a missing key is
+    ``"<absent>"``), sorted by key."""
+    missing = "<absent>"
+    keys = sorted(set(recorded) | set(current))
+    return [(k, recorded.get(k, missing), current.get(k, missing)) for k in keys
+            if recorded.get(k, missing) != current.get(k, missing)]
+
+
+def format_diff(diff: list[tuple[str, Any, Any]], limit: int = 20) -> str:
+    """One line per differing key, ``  key: old -> new``, at most ``limit`` lines."""
+    show = functools.partial(json.dumps, default=str)
+    lines = [f"  {k}: {show(a)} -> {show(b)}" for k, a, b in diff[:limit]]
+    if len(diff) > limit:
+        lines.append(f"  ... and {len(diff) - limit} more")
+    return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """mpq's package version plus the git revision of the checkout when there is one (``0.1.0+abc1234``,
+    with ``-dirty`` when the checkout has uncommitted changes)."""
+    import core
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5,
+                                  check=False).stdout.strip()
+
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = sha and git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    return f"{core.__version__}+{sha}{'-dirty' if dirty else ''}" if sha else core.__version__
+
+
+def check_producer(source: Mapping[str, Any] | str | Path | None, identity: Mapping[str, Any], *, what: str,
+                   fix: str = "", required: bool = True) -> dict | None:
+    """Before a stage consumes another stage's output: check that the producing run had ``identity``.
+
+    ``source`` is the producer's run directory (its ``run.json`` is read) or a record that travelled with
+    the output (:meth:`RunDir.producer_record`, e.g. stored in a policy's meta). Differing keys raise
+    :class:`RunDirError` listing them (old -> new) with ``fix`` (how to re-make the output); a producer
+    that stopped before its last epoch gives a warning. Without a record: ``RunDirError`` when
+    ``required``, else a warning. Returns the record."""
+    record = source
+    where = what
+    if isinstance(source, (str, Path)):
+        from core.engine.rundir import RunDir
+
+        where = f"{what} in {source}"
+        record = RunDir.read_record_of(source)
+    if record is None:
+        msg = f"the {where} carries no run record (run.json), so it cannot be told apart from another run's"
+        if required:
+            raise RunDirError(f"{msg}; {fix or 're-make it with this config'}")
+        warnings.warn(msg + "; using it as is", stacklevel=2)
+        return None
+    diff = identity_diff(record.get("identity", {}), config_identity(dict(identity)))
+    if diff:
+        raise RunDirError(f"the {where} was made by another run: {len(diff)} key(s) differ (that run -> "
+                          f"this config):\n{format_diff(diff)}\n{fix or 'Re-make it with this config.'}")
+    progress = record.get("progress") or {}
+    if progress and not progress.get("finished", False):
+        warnings.warn(f"the {where} stopped early (epoch {progress.get('epochs_done')} of "
+                      f"{progress.get('epochs')}); it is used as it is", stacklevel=2)
+    return dict(record)
