@@ -18,10 +18,10 @@ from core.engine.dist import (
     unwrap,
     wrap_ddp,
 )
-from core.engine.identity import NON_IDENTITY_KEYS, check_producer, code_version, config_identity
+from core.engine.identity import NON_IDENTITY_KEYS, code_version, config_identity
 from core.engine.mmengine_compat import mmengine_safe_globals, mmengine_safe_loading
 from core.engine.optim import build_optimizer, build_scheduler, lr_factor
-from core.engine.rundir import RESUME_MODES, MetricsLogger, Progress, RunDir, log
+from core.engine.rundir import RESUME_MODES, MetricsLogger, Progress, RunDir, check_producer, log
 from core.engine.seed import resolve_device, rng_state, seed_everything, set_rng_state
 from core.engine.syncbn import GlobalBatchNorm, convert_sync_batchnorm
 from core.engine.trainer import ClassificationTrainer, Trainer, accuracy, evaluate, move_to, trainer_kwargs

@@ -15,16 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from core.config import config_to_dict
-from core.errors import RunDirError
 
-__all__ = ["NON_IDENTITY_KEYS", "config_identity", "identity_diff", "format_diff", "code_version",
-           "check_producer"]
+__all__ = ["NON_IDENTITY_KEYS", "config_identity", "identity_diff", "format_diff", "code_version"]
 
 #: Keys (dotted, matched as a suffix so a nested ``teacher.data.workers`` counts too) left out of a run's
 #: identity. Kept in identity on purpose: ``data.root`` (another root may hold another dataset: a subset,
@@ -111,36 +108,3 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", ""
     return f"{core.__version__}+{sha}{'-dirty' if dirty else ''}" if sha else core.__version__
-
-
-def check_producer(source: Mapping[str, Any] | str | Path | None, identity: Mapping[str, Any], *, what: str,
-                   fix: str = "", required: bool = True) -> dict | None:
-    """Before a stage consumes another stage's output: check that the producing run had ``identity``.
-
-    ``source`` is the producer's run directory (its ``run.json`` is read) or a record that travelled with
-    the output (:meth:`RunDir.producer_record`, e.g. stored in a policy's meta). Differing keys raise
-    :class:`RunDirError` listing them (old -> new) with ``fix`` (how to re-make the output); a producer
-    that stopped before its last epoch gives a warning. Without a record: ``RunDirError`` when
-    ``required``, else a warning. Returns the record."""
-    record = source
-    where = what
-    if isinstance(source, (str, Path)):
-        from core.engine.rundir import RunDir
-
-        where = f"{what} in {source}"
-        record = RunDir.read_record_of(source)
-    if record is None:
-        msg = f"the {where} carries no run record (run.json), so it cannot be told apart from another run's"
-        if required:
-            raise RunDirError(f"{msg}; {fix or 're-make it with this config'}")
-        warnings.warn(msg + "; using it as is", stacklevel=2)
-        return None
-    diff = identity_diff(record.get("identity", {}), config_identity(dict(identity)))
-    if diff:
-        raise RunDirError(f"the {where} was made by another run: {len(diff)} key(s) differ (that run -> "
-                          f"this config):\n{format_diff(diff)}\n{fix or 'Re-make it with this config.'}")
-    progress = record.get("progress") or {}
-    if progress and not progress.get("finished", False):
-        warnings.warn(f"the {where} stopped early (epoch {progress.get('epochs_done')} of "
-                      f"{progress.get('epochs')}); it is used as it is", stacklevel=2)
-    return dict(record)

@@ -29,12 +29,13 @@ import torch
 
 from core.config import save_config
 from core.engine.dist import get_info, is_main, on_main
-from core.engine.identity import code_version, format_diff, identity_diff
+from core.engine.identity import code_version, config_identity, format_diff, identity_diff
 from core.engine.lock import RunLock
 from core.errors import ConfigError, RunDirError
 from core.io import atomic_write_text, output_error, remove_orphaned_temps
 
-__all__ = ["RunDir", "MetricsLogger", "Progress", "atomic_write_text", "log", "RESUME_MODES"]
+__all__ = ["RunDir", "MetricsLogger", "Progress", "atomic_write_text", "check_producer", "log",
+           "RESUME_MODES"]
 
 RUN_FILE, LOCK_FILE, PREVIOUS_DIR = "run.json", ".lock", ".previous"
 _RUN_MARKERS = (RUN_FILE, "config.yaml", "metrics.jsonl", "checkpoints")
@@ -255,7 +256,7 @@ class RunDir:
 
     def producer_record(self) -> dict:
         """What an output of this run carries so that a consuming stage can check where it came from
-        (:func:`core.engine.identity.check_producer`): the run directory, identity, code version and
+        (:func:`check_producer`): the run directory, identity, code version and
         progress."""
         record = self.read_record() or {}
         return {"run_dir": str(self.path), "identity": record.get("identity", {}),
@@ -475,3 +476,34 @@ def _fmt(v: Any) -> str:
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def check_producer(source: Mapping[str, Any] | str | Path | None, identity: Mapping[str, Any], *, what: str,
+                   fix: str = "", required: bool = True) -> dict | None:
+    """Before a stage consumes another stage's output: check that the producing run had ``identity``.
+
+    ``source`` is the producer's run directory (its ``run.json`` is read) or a record that travelled with
+    the output (:meth:`RunDir.producer_record`, e.g. stored in a policy's meta). Differing keys raise
+    :class:`RunDirError` listing them (old -> new) with ``fix`` (how to re-make the output); a producer
+    that stopped before its last epoch gives a warning. Without a record: ``RunDirError`` when
+    ``required``, else a warning. Returns the record."""
+    record = source
+    where = what
+    if isinstance(source, (str, Path)):
+        where = f"{what} in {source}"
+        record = RunDir.read_record_of(source)
+    if record is None:
+        msg = f"the {where} carries no run record (run.json), so it cannot be told apart from another run's"
+        if required:
+            raise RunDirError(f"{msg}; {fix or 're-make it with this config'}")
+        warnings.warn(msg + "; using it as is", stacklevel=2)
+        return None
+    diff = identity_diff(record.get("identity", {}), config_identity(dict(identity)))
+    if diff:
+        raise RunDirError(f"the {where} was made by another run: {len(diff)} key(s) differ (that run -> "
+                          f"this config):\n{format_diff(diff)}\n{fix or 'Re-make it with this config.'}")
+    progress = record.get("progress") or {}
+    if progress and not progress.get("finished", False):
+        warnings.warn(f"the {where} stopped early (epoch {progress.get('epochs_done')} of "
+                      f"{progress.get('epochs')}); it is used as it is", stacklevel=2)
+    return dict(record)

@@ -422,7 +422,7 @@ class Trainer:
             path = self.checkpointer.save(state, epoch=self.epoch + 1)
             if self.metrics is not None:
                 self.metrics.sync()
-            if self._holding:  # what a consuming stage checks (core.engine.identity.check_producer)
+            if self._holding:  # what a consuming stage checks (core.engine.rundir.check_producer)
                 done = self.epoch + 1
                 self.run_dir.update_record(progress={
                     "epochs_done": done, "epochs": self.epochs, "finished": done >= self.epochs,
