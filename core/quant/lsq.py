@@ -15,6 +15,7 @@ from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, kernel, register_quantizer
 
 LSQ_INITS = ("limpq", "lsq")
+LSQ_GRAD_SCALES = ("per_step", "tensor")
 _MIN_STEP = 1e-8
 
 
@@ -44,7 +45,9 @@ class LSQQuantizer(Quantizer):
 
     Gradient scale ``g = 1 / sqrt(Q_p * N)`` with ``N = x.numel()`` (the whole tensor, batch
     included, as in LLT's code); per-channel uses ``N = x.numel() / C``, the elements that share one
-    step, so each channel's step sees the same scaling a per-tensor step of that size would.
+    step, so each channel's step sees the same scaling a per-tensor step of that size would
+    (``grad_scale="per_step"``, the default). ``grad_scale="tensor"`` keeps ``N = x.numel()`` for
+    per-channel steps too (BASQ's official code; the step gradients are then ``sqrt(C)`` times smaller).
     """
 
     def __init__(
@@ -58,10 +61,13 @@ class LSQQuantizer(Quantizer):
         ch_axis: int | None = None,
         candidate_bits: Sequence[int] | None = None,
         init: str = "limpq",
+        grad_scale: str = "per_step",
     ) -> None:
         super().__init__(FULL_PRECISION, role)
         if init not in LSQ_INITS:
             raise ConfigError(f"lsq init must be one of {LSQ_INITS}, got {init!r}")
+        if grad_scale not in LSQ_GRAD_SCALES:
+            raise ConfigError(f"lsq grad_scale must be one of {LSQ_GRAD_SCALES}, got {grad_scale!r}")
         if per_channel and not channels:
             raise ConfigError("lsq per_channel=True needs channels=<number of channels>")
         self.signed = (role == "weight") if signed is None else bool(signed)
@@ -71,6 +77,7 @@ class LSQQuantizer(Quantizer):
         self.per_channel = bool(per_channel)
         self.ch_axis = (0 if role == "weight" else 1) if ch_axis is None else int(ch_axis)
         self.init = init
+        self.grad_scale = grad_scale
         low = 2 if self.signed else 1
         if candidate_bits is not None:
             cands = [int(b) for b in candidate_bits]
@@ -158,7 +165,7 @@ class LSQQuantizer(Quantizer):
             shape = [1] * x.dim()
             shape[self.ch_axis] = -1
             step = step.reshape(shape)
-            numel = x.numel() // x.shape[self.ch_axis]
+            numel = x.numel() // x.shape[self.ch_axis] if self.grad_scale == "per_step" else x.numel()
         else:
             step = step[0]
             numel = x.numel()

@@ -209,6 +209,21 @@ def test_lsq_lazy_init_survives_state_dict_round_trip():
     assert fresh.step_for(4).item() == pytest.approx(q.step_for(4).item())
 
 
+def test_lsq_per_channel_grad_scale_whole_tensor_option():
+    """``grad_scale="tensor"`` (BASQ's official code) scales a per-channel step's gradient by
+    ``1 / sqrt(Q_p * numel)`` instead of ``1 / sqrt(Q_p * numel / C)``: sqrt(C) times smaller."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3)
+    grads = {}
+    for mode in ("per_step", "tensor"):
+        q = create_quantizer("lsq", 3, role="weight", per_channel=True, channels=6, grad_scale=mode)
+        q(w).sum().backward()
+        grads[mode] = q.step.grad.clone()
+    assert torch.allclose(grads["tensor"] * math.sqrt(6), grads["per_step"])
+    with pytest.raises(ConfigError, match="grad_scale"):
+        create_quantizer("lsq", 3, grad_scale="batch")
+
+
 def test_lsq_per_channel_needs_channels():
     with pytest.raises(ConfigError, match="channels"):
         create_quantizer("lsq", 4, per_channel=True)
