@@ -118,8 +118,12 @@ class CachedBatches:
 
 
 def heldout_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int = 0) -> DataLoader:
-    return DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=False,
-                      num_workers=workers)
+    """An evaluation loader over ``indices`` of ``dataset`` (sharded over DDP ranks, ``batch_size`` global)."""
+    from core.data import build_loader
+    from core.engine import get_info
+
+    per_rank = max(1, batch_size // get_info().world_size)
+    return build_loader(Subset(dataset, [int(i) for i in indices]), per_rank, train=False, workers=workers)
 
 
 @torch.no_grad()

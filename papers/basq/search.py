@@ -1,0 +1,135 @@
+"""Architecture search (supplementary Alg. 1 part 2): per fold, the evolutionary search of the selection
+vector that maximises the supernet's top-1 accuracy on that fold.
+
+The supernet is evaluated in eval mode with each branch's own running BatchNorm statistics from supernet
+training (official: no re-calibration per candidate; ``search.bn_recalibration_images > 0`` re-estimates
+the statistics of the candidate's BatchNorms on that many training images before each evaluation - an
+option; the paper does not say it does). After the search, the best candidate is measured on the
+fold's held-out images (``heldout_top1_before_finetune``; official ``full_accs``).
+
+Output: ``<run.out_dir>/search/fold<k>.json`` per fold as it finishes (a restarted search skips the folds
+already done) and ``search.json`` with every fold; single process (``torchrun`` is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.engine import RunDir, init_distributed, log, seed_everything
+from core.errors import ConfigError
+from core.io import atomic_write_json
+from papers.basq.common import datasets, load_supernet, stage_identity, train_loader
+from papers.basq.config import BASQConfig
+from papers.basq.evolution import EvolutionSearch
+from papers.basq.folds import CachedBatches, Split, dataset_targets, heldout_loader, make_splits, top1
+from papers.basq.layers import BranchBatchNorm2d, search_space, selected_clips, set_selection
+
+
+class SelectedBNRecalibration:
+    """Re-estimate the running statistics of the BatchNorms the current selection uses (the selected
+    branches' and the shared ones) on ``images`` training images (core's BN re-estimation), leaving the
+    other branches' statistics as the supernet left them."""
+
+    def __init__(self, model: nn.Module, loader: Any, images: int, device: torch.device) -> None:
+        self.model, self.loader, self.images, self.device = model, loader, int(images), device
+        self.branch_bns = [m for m in model.modules() if isinstance(m, BranchBatchNorm2d)]
+        self.snapshot = {id(bn): {k: v.clone() for k, v in bn.state_dict().items()}
+                         for m in self.branch_bns for bn in m.bns}
+
+    def __call__(self) -> None:
+        from core.engine.bn import reestimate_bn_statistics
+
+        reestimate_bn_statistics(self.model, self.loader, self.images, self.device)
+        for m in self.branch_bns:  # reset by the re-estimation but not used: restore them
+            for bn in m.bns:
+                if bn is not m.selected:
+                    bn.load_state_dict(self.snapshot[id(bn)])
+
+
+def search_fold(model: nn.Module, split: Split, val_set: Any, cfg: BASQConfig, device: torch.device,
+                recalibrate: SelectedBNRecalibration | None = None) -> dict:
+    """Alg. 1 part 2, lines 4-14 for one fold; returns the fold's record."""
+    s = cfg.search
+    fold = (CachedBatches(val_set, split.search, s.batch_size, device) if s.cache_fold
+            else heldout_loader(val_set, split.search, s.batch_size, cfg.data.workers))
+
+    def fitness(candidate: tuple[int, ...]) -> float:
+        set_selection(model, candidate)
+        if recalibrate is not None:
+            recalibrate()
+        return top1(model, fold, device)
+
+    rng = np.random.default_rng([cfg.run.seed, split.index])
+    result = EvolutionSearch(search_space(model), fitness, s.evolution, rng).run(
+        log=lambda msg: log(f"fold {split.index}: {msg}"))
+    set_selection(model, result.best)
+    if recalibrate is not None:
+        recalibrate()
+    heldout = top1(model, heldout_loader(val_set, split.heldout, s.batch_size, cfg.data.workers), device)
+    log(f"fold {split.index}: best {list(result.best)} top-1 {result.best_fitness:.2f} on the fold "
+        f"({len(split.search)} images), {heldout:.2f} on the held-out {len(split.heldout)} images; "
+        f"{len(result.evaluated)} candidates in {result.seconds:.1f} s")
+    return {**split.to_dict(), "selection": list(result.best), "fold_top1": result.best_fitness,
+            "heldout_top1_before_finetune": heldout, "clips": selected_clips(model),
+            "best_so_far": result.best_so_far, "history": result.history,
+            "evaluated": len(result.evaluated), "seconds": result.seconds}
+
+
+def run_search(cfg: BASQConfig) -> Path:
+    """Every fold's search; writes and returns ``<run.out_dir>/search/search.json``."""
+    info = init_distributed(cfg.run.device)
+    if info.world_size > 1:
+        raise ConfigError("mpq basq search runs in one process: start it without torchrun")
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    out_dir = cfg.out / "search"
+    with RunDir(out_dir).open(stage_identity(cfg, "search"), cfg.run.resume, cfg) as run:
+        t0 = time.perf_counter()
+        model = load_supernet(cfg, info.device).eval()
+        train_set, val_set = datasets(cfg)
+        s = cfg.search
+        splits = make_splits(dataset_targets(val_set), s.protocol, s.folds, s.fold_split, s.spos_fraction,
+                             cfg.run.seed)
+        recalibrate = None
+        if s.bn_recalibration_images > 0:
+            recalibrate = SelectedBNRecalibration(model, train_loader(cfg, train_set, None),
+                                                  s.bn_recalibration_images, info.device)
+        folds = []
+        for split in splits:
+            path = out_dir / f"fold{split.index}.json"
+            if path.is_file():
+                folds.append(json.loads(path.read_text()))
+                log(f"fold {split.index}: done before ({path})")
+                continue
+            record = search_fold(model, split, val_set, cfg, info.device, recalibrate)
+            atomic_write_json(path, record)
+            folds.append(record)
+        summary = {"protocol": s.protocol, "fold_split": s.fold_split, "folds": folds,
+                   "search_space": list(search_space(model)), "lambdas": list(cfg.quant.lambdas),
+                   "seconds": time.perf_counter() - t0, "producer": run.producer_record()}
+        run.update_record(progress={"finished": True, "folds": len(folds)})
+        summary["producer"] = run.producer_record()
+        atomic_write_json(out_dir / "search.json", summary)
+    mean = float(np.mean([f["heldout_top1_before_finetune"] for f in folds]))
+    log(f"search: {len(folds)} fold(s); mean held-out top-1 before fine-tuning {mean:.2f}; "
+        f"wrote {out_dir / 'search.json'}")
+    return out_dir / "search.json"
+
+
+def load_search(cfg: BASQConfig) -> dict:
+    """``search.json`` of this config's run, after checking that the search belongs to this config."""
+    from core.engine import check_producer
+
+    path = cfg.out / "search" / "search.json"
+    if not path.is_file():
+        raise ConfigError(f"no search results at {path}; run `mpq basq search` with this config first")
+    data = json.loads(path.read_text())
+    check_producer(data.get("producer"), stage_identity(cfg, "search"), what=f"search in {path}",
+                   fix="run `mpq basq search` with this config")
+    return data
