@@ -17,6 +17,8 @@ from core.nn.convert import (
     quantize_model,
     weight_parameters,
 )
+from core.nn.gates import gumbel_softmax
+from core.nn.losses import distillation_loss
 from core.nn.mixed import SAMPLING_MODES, MixedConv2d, MixedLinear, sample_gates
 from core.nn.qlayers import QConv2d, QLinear, build_quantizer
 from core.nn.switchable import (
@@ -29,6 +31,8 @@ from core.nn.switchable import (
 )
 
 __all__ = [
+    "distillation_loss",
+    "gumbel_softmax",
     "QUANT_LAYERS",
     "SAMPLING_MODES",
     "MixedConv2d",
