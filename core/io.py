@@ -40,3 +40,24 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1
     """Write ``data`` as JSON (no NaN/inf: they are not JSON) to ``path`` atomically; a value that
     cannot be serialised raises before anything is written."""
     atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str, error: type[Exception] | None = None) -> Any:
+    """The JSON content of ``path``; a missing, unreadable or malformed file raises ``error`` (default
+    :class:`~core.errors.DataError`) as ``"<what> <path> ...: <hint>"``, e.g.
+    ``read_json(p, "policy file", "create it with `mpq edmips discretize`", PolicyError)``."""
+    from core.errors import DataError
+
+    error = error or DataError
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist; {hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {str(path)!r} ({exc}); {hint}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                    f"{exc.msg}); {hint}") from None
