@@ -6,9 +6,8 @@ A recomputer that cannot run here (a paper package or a reference file is missin
 :class:`RecomputeUnavailable`; the checker then reports its cells as ``not implemented`` with the reason.
 
 Built-in recomputers live in :mod:`benchmarks.recomputers`. A paper adds its own without editing the
-harness: its ``papers/<name>/bench.py`` (the module of its ``mpq.methods`` entry point) may define
-``RECOMPUTERS = {"name": fn, ...}``; :func:`load_recomputers` merges them (a paper's entry wins over
-a built-in of the same name).
+harness: its :class:`core.paper.Paper` names a ``{"name": fn, ...}`` mapping (``recomputers=``);
+:func:`load_recomputers` merges them (a paper's entry wins over a built-in of the same name).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.discovery import paper_attribute
+from benchmarks import discovery
 from benchmarks.schema import Row, Table, TableFile
 from core.errors import ConfigError
 
@@ -87,12 +86,10 @@ def default_reference_dirs(extra: list[str | Path] | None = None) -> list[Path]:
     return dirs
 
 
-def load_recomputers() -> dict[str, Recomputer]:
-    """Built-ins plus every paper's ``RECOMPUTERS`` (discovered through the ``mpq.methods`` entry points)."""
+def load_recomputers() -> tuple[dict[str, Recomputer], dict[str, str]]:
+    """Built-ins plus every registered paper's recomputers, and ``{paper: why}`` for the papers whose
+    recomputers could not be loaded."""
     import benchmarks.recomputers  # noqa: F401  (registers the built-ins)
 
-    merged = dict(RECOMPUTERS)
-    for _paper, extra in paper_attribute("RECOMPUTERS"):
-        if isinstance(extra, dict):
-            merged.update(extra)
-    return merged
+    papers, broken = discovery.load_recomputers()
+    return {**RECOMPUTERS, **papers}, broken

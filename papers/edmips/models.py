@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from core.errors import ConfigError
-from core.models import build_model
+from core.models import build_model, load_pretrained
 from core.nn import QuantSpec, quantizable_layers, quantize_model
 from papers.edmips.config import ModelConfig, QuantConfig
 
@@ -53,14 +53,16 @@ LOCAL_MODELS = {"alexnet_bn": alexnet_bn}
 
 
 def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The full-precision network named by ``cfg`` (auxiliary classifiers removed)."""
+    """The full-precision network named by ``cfg`` (auxiliary classifiers removed; ``cfg.pretrained``,
+    a local file, loaded when set: the paper trains from scratch)."""
     kwargs = {**AUX_FREE.get(cfg.name, {}), **cfg.kwargs}
     if kwargs.get("aux_logits"):
         raise ConfigError(f"model.kwargs.aux_logits=true: EdMIPS removes the auxiliary classifiers of "
                           f"{cfg.name} (section 5.1); drop the option")
     if cfg.name in LOCAL_MODELS:
-        return LOCAL_MODELS[cfg.name](num_classes=num_classes, **kwargs)
-    return build_model(cfg.name, num_classes=num_classes, **kwargs)
+        model = LOCAL_MODELS[cfg.name](num_classes=num_classes, **kwargs)
+        return load_pretrained(model, cfg.pretrained) if cfg.pretrained else model
+    return build_model(cfg.name, num_classes=num_classes, pretrained=cfg.pretrained, **kwargs)
 
 
 def mixed_spec(quant: QuantConfig) -> QuantSpec:
