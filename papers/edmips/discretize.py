@@ -26,6 +26,7 @@ import torch
 from core.bops import BopsReport, count
 from core.engine import atomic_write_text, barrier, is_main, log
 from core.errors import ConfigError
+from core.io import read_json
 from core.policy import BitPolicy
 from papers.edmips.common import POLICY_FILE, num_classes_of, run_paths
 from papers.edmips.config import EdmipsConfig
@@ -36,12 +37,9 @@ ARCH_STATE_FILE = "arch_state.json"
 
 
 def load_arch_state(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run `mpq edmips search` with the same config (run.out_dir) "
-                          "first")
+    hint = "run `mpq edmips search` with the same config (run.out_dir) first"
+    state = read_json(path, "EdMIPS architecture state", hint, ConfigError)
     try:
-        state = json.loads(path.read_text())
         for layer in state["layers"]:
             _ = layer["name"], layer["pi_w"], layer["pi_a"], layer["w_candidates"], layer["a_candidates"]
     except (ValueError, KeyError, TypeError) as exc:
