@@ -27,3 +27,7 @@ class BudgetError(MpqError):
 
 class TrainingDivergedError(MpqError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class MissingDependencyError(MpqError):
+    """An optional dependency (an extra such as ``det``) is not installed; the message says the command."""
