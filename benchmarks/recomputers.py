@@ -68,9 +68,10 @@ def module_counts(ctx: RecomputeContext, model: str, input_size: list[int], modu
 
 
 @register_recomputer("searchable_layers")
-def searchable_layers(ctx: RecomputeContext, model: str, input_size: list[int] = (3, 224, 224),
-                      convention: str = "edmips", model_kwargs: dict | None = None) -> dict[str, Any]:
-    """Number of layers inside the convention's budget (EdMIPS: the quantized layers)."""
+def searchable_layers(ctx: RecomputeContext, model: str, convention: str,
+                      input_size: list[int] = (3, 224, 224),
+                      model_kwargs: dict | None = None) -> dict[str, Any]:
+    """Number of layers inside the convention's budget (e.g. the layers a search quantizes)."""
     return {"layers": len(searchable_names(ctx, model, list(input_size), convention, model_kwargs))}
 
 
