@@ -23,13 +23,17 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
     import torch
 
+    from core.extras import EXTRAS
+
+    det_packages, det_install = EXTRAS["det"]
     rows = [("python", platform.python_version()), ("platform", platform.platform()),
             ("torch", torch.__version__)]
     for mod in ("torchvision", "timm", "mmengine", "mmcv", "mmdet", "numpy", "scipy", "sklearn"):
         try:
             rows.append((mod, __import__(mod).__version__))
         except Exception as exc:  # noqa: BLE001 - report, don't crash
-            rows.append((mod, f"not available ({type(exc).__name__}: {exc})"))
+            hint = f"; the 'det' extra: {det_install}" if mod in det_packages else ""
+            rows.append((mod, f"not available ({type(exc).__name__}: {exc}){hint}"))
     try:
         from mmcv.ops import nms  # noqa: F401
 
