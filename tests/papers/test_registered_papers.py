@@ -77,3 +77,20 @@ def test_smoke_run_writes_valid_results(entry, tmp_path):
     assert result.policy is not None and result.config is not None
     assert 0.0 <= result.metrics["top1"] <= result.metrics["top5"] <= 100.0
     assert result.counts.bops > 0 and result.counts.macs > 0 and result.wall_time_s
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_loading_the_paper_object_imports_no_training_code(entry):
+    """`mpq --help` and `mpq papers` load every Paper object: that must not import torch or the stages."""
+    import ast
+    import subprocess
+    import sys
+
+    module = entry.value.split(":")[0]  # e.g. papers.edmips: only it and its parents may be imported
+    top = module.split(".")[0]
+    code = ("import sys; from importlib.metadata import entry_points; "
+            f"[ep.load() for ep in entry_points(group='mpq.papers') if ep.name == {entry.name!r}]; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', {top!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 2)]
+    assert ast.literal_eval(out) == sorted(parents)
