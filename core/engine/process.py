@@ -89,13 +89,14 @@ class ClassificationData:
 
 
 def classification_data(data: DataConfig, seed: int, batch_size: int | None = None,
-                        info: DistInfo | None = None) -> ClassificationData:
-    """Train / val datasets and loaders of ``data``. ``batch_size`` (default ``data.batch_size``) is global
-    and must divide by the world size; the sampler shuffles with ``seed`` on every rank."""
+                        info: DistInfo | None = None, batch_key: str = "batch_size") -> ClassificationData:
+    """Train / val datasets and loaders of ``data``. ``batch_size`` (a stage's own, named ``batch_key`` in
+    errors; default ``data.batch_size``) is global and must divide by the world size; the sampler
+    shuffles with ``seed`` on every rank."""
     from core.data import build_dataset_from_config, build_loader, dataset_info
 
     world = (info or get_info()).world_size
-    key = "data.batch_size" if batch_size is None else "the stage's batch_size"
+    key = "data.batch_size" if batch_size is None else batch_key
     per_rank = per_rank_batch(batch_size or data.batch_size, world, key)
     val_batch = max(1, (data.val_batch_size or data.batch_size) // world)
     train_set = build_dataset_from_config(data, "train")

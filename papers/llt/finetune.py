@@ -100,7 +100,7 @@ def run_finetune(cfg: LLTConfig) -> RunResult:
     names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer)
     if stage.init == "indicators":
         log(f"fine-tuning starts from the indicator network {init_from_indicator_run(model, cfg, policy)}")
-    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info)
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "finetune.batch_size")
     train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model.parameters())
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))

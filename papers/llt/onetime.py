@@ -128,7 +128,7 @@ def run_indicators(cfg: LLTConfig) -> Path:
     info = setup_process(cfg.run)
     model = build_model_from_config(cfg.model, cfg.data.name)
     names = build_indicator_model(model, cfg.bits)
-    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info)
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "indicators.batch_size")
     train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model.parameters())
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))

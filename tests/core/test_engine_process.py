@@ -54,8 +54,11 @@ def test_classification_data_splits_the_global_batch():
     assert one.train.batch_size == 64 and one.num_classes == 10 and one.input_size == (3, 8, 8)
     two = classification_data(data, seed=0, info=DistInfo(world_size=2))
     assert two.train.batch_size == 32 and two.val.batch_size == 32
-    with pytest.raises(ConfigError, match="stage's batch_size=63"):
-        classification_data(data, seed=0, batch_size=63, info=DistInfo(world_size=2))
+    with pytest.raises(ConfigError, match="finetune.batch_size=63 is the global batch"):
+        classification_data(data, seed=0, batch_size=63, info=DistInfo(world_size=2),
+                            batch_key="finetune.batch_size")
+    with pytest.raises(ConfigError, match="data.batch_size=64 .* 3 processes"):
+        classification_data(data, seed=0, info=DistInfo(world_size=3))
 
 
 def test_model_from_config_num_classes_kwargs_and_pretrained(tmp_path):
