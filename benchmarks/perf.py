@@ -14,9 +14,9 @@ its absolute value, its baseline's and the ratio. Groups:
   fvcore (``pip install -e .[bench]``) its rows say so and the others still run.
 - ``data``: ImageNet-folder loading (core.data, fixture JPEGs written to a temp dir) vs decoding the
   same files with PIL alone.
-- paper groups: every paper whose bench module (or its sibling ``perf`` module) defines
-  ``PERF = {group: fn(smoke: bool) -> list[dict]}``, found through the ``mpq.methods`` entry points.
-  Each dict has the JSON keys below; a group that cannot run prints ``unavailable: <why>``.
+- paper groups: every registered paper's ``perf`` mapping ``{group: fn(smoke: bool) -> list[dict]}``
+  (:class:`core.paper.Paper`). Each dict has the JSON keys below; a group that cannot run, or a paper
+  that failed to load, prints ``unavailable: <why>``.
 
 ``--json FILE`` writes a list of ``{name, value, unit, baseline, baseline_value, ratio}``.
 """
@@ -24,7 +24,6 @@ its absolute value, its baseline's and the ratio. Groups:
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import statistics
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.discovery import discover
+from benchmarks.discovery import load_perf_groups
 from benchmarks.report import write_atomic
 from core.errors import ConfigError
 
@@ -256,28 +255,8 @@ BUILTIN: dict[str, Callable[[bool, int], list[Measurement]]] = {
 
 
 def paper_groups() -> dict[str, Callable[[bool, int], list[Measurement]] | str]:
-    """``PERF`` groups of the papers (bench module, else its sibling ``perf`` module); str = why not."""
-    groups: dict[str, Callable | str] = {}
-    for d in discover():
-        if d.module is None:
-            groups[d.name] = f"unavailable: {d.error}"
-            continue
-        perf = getattr(d.module, "PERF", None)
-        if perf is None:
-            sibling = d.module.__name__.rsplit(".", 1)[0] + ".perf"
-            try:
-                perf = getattr(importlib.import_module(sibling), "PERF", None)
-            except ImportError as exc:
-                groups[d.name] = (f"unavailable: no PERF in {d.module.__name__} and {sibling} "
-                                  f"not importable ({exc})")
-                continue
-        if not isinstance(perf, dict):
-            groups[d.name] = (f"unavailable: neither {d.module.__name__} nor its perf module "
-                              "defines PERF = {group: fn(smoke) -> list[dict]}")
-            continue
-        for group, fn in perf.items():
-            groups[group] = _wrap_paper(fn)
-    return groups
+    """The registered papers' perf groups (``Paper.perf``); a str value says why a paper has none."""
+    return {name: fn if isinstance(fn, str) else _wrap_paper(fn) for name, fn in load_perf_groups().items()}
 
 
 def _wrap_paper(fn: Callable) -> Callable[[bool, int], list[Measurement]]:
@@ -336,6 +315,9 @@ def render_table(results: list[Measurement]) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """Exit 1 when a registered paper's perf groups failed to load (a broken plugin is never silent)."""
+    broken = [name for name, fn in paper_groups().items()
+              if isinstance(fn, str) and args.only in (None, name)]
     results = run_perf(args.only, args.smoke, args.repeats)
     print(render_table(results))
     if args.json:
@@ -343,4 +325,6 @@ def run_from_args(args: argparse.Namespace) -> int:
                 for m in results]
         write_atomic(args.json, json.dumps(data, indent=1))
         print(f"written {args.json}")
-    return 0
+    for name in broken:
+        print(f"ERROR: paper {name!r}: its perf groups are unavailable (see `mpq papers`)")
+    return 1 if broken else 0

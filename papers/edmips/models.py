@@ -29,11 +29,13 @@ AUX_FREE: dict[str, str] = {"googlenet": "googlenet_noaux", "inception_v3": "inc
 
 
 def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The full-precision network named by ``cfg`` (auxiliary classifiers removed)."""
+    """The full-precision network named by ``cfg`` (auxiliary classifiers removed; ``cfg.pretrained``,
+    a local file, loaded when set: the paper trains from scratch)."""
     if cfg.kwargs.get("aux_logits"):
         raise ConfigError(f"model.kwargs.aux_logits=true: EdMIPS removes the auxiliary classifiers of "
                           f"{cfg.name} (section 5.1); drop the option")
-    return build_model(AUX_FREE.get(cfg.name, cfg.name), num_classes=num_classes, **cfg.kwargs)
+    return build_model(AUX_FREE.get(cfg.name, cfg.name), num_classes=num_classes, pretrained=cfg.pretrained,
+                       **cfg.kwargs)
 
 
 def composite_spec(quant: QuantConfig) -> QuantSpec:
