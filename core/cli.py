@@ -1,9 +1,9 @@
 """The `mpq` command line.
 
-Common commands live here (`mpq env`, `mpq data check`, `mpq bops`). Papers and the benchmark add
-their own groups (`mpq edmips ...`, `mpq bench ...`) through the ``mpq.commands`` entry-point group:
-each entry point is a ``register(subparsers)`` function that adds one sub-parser whose handler is set
-with ``parser.set_defaults(func=...)``. core never imports a paper by name.
+Common commands live here (`mpq env`, `mpq data check`, `mpq bops`, `mpq export`). Papers and the
+benchmark add their own groups (`mpq edmips ...`, `mpq bench ...`) through the ``mpq.commands``
+entry-point group: each entry point is a ``register(subparsers)`` function that adds one sub-parser
+whose handler is set with ``parser.set_defaults(func=...)``. core never imports a paper by name.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def _cmd_bops(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core.export.cli import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpq", description="Mixed-precision quantization: faithful paper implementations, benchmarks.")
@@ -82,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bops", help="per-layer params / MACs / BOPs table of a model")
     add_cli_arguments(p)
     p.set_defaults(func=_cmd_bops)
+
+    from core.export.cli import add_cli_arguments as add_export_arguments
+
+    p = sub.add_parser("export", help="a trained quantized model as an ONNX QDQ graph (needs mpq[export])")
+    add_export_arguments(p)
+    p.set_defaults(func=_cmd_export)
 
     for ep in sorted(entry_points(group="mpq.commands"), key=lambda e: e.name):
         try:

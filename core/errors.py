@@ -27,3 +27,7 @@ class BudgetError(MpqError):
 
 class TrainingDivergedError(MpqError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ExportError(MpqError):
+    """A model or quantizer that cannot be exported as stated (e.g. a grid without an exact QDQ form)."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 from core.errors import ConfigError
+from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits, require_tensor
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
 
 HWGQ_STEPS: dict[int, float] = {1: 0.799, 2: 0.538, 3: 0.3217, 4: 0.185}
@@ -53,6 +55,11 @@ class HWGQQuantizer(Quantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return hwgq_mixture(x, None, (self.steps[self.bits],), (2**self.bits - 1,))
 
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """The fixed step ``c_a[b]`` (as float32), integers ``[0, 2^b - 1]``; exact."""
+        check_bits(self.bits, self.name)
+        return IntegerGrid(torch.tensor(self.steps[self.bits], dtype=torch.float32), 0, 2**self.bits - 1)
+
 
 @register_quantizer("gaussian")
 class GaussianQuantizer(Quantizer):
@@ -71,3 +78,11 @@ class GaussianQuantizer(Quantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return gaussian_mixture(x, None, (self.coefs[self.bits],), (self.bits,))
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Mid-rise levels ``(k - 0.5) step`` are the odd integers ``[-(2^b - 1), 2^b - 1]`` at half the step
+        (one bit wider than ``b``); the step is the forward's own (``functional.gaussian_step``); exact."""
+        check_bits(self.bits, self.name)
+        w = require_tensor(x, self.name)
+        step = F.gaussian_step(self.coefs[self.bits], F.weight_std(w))
+        return IntegerGrid(step / 2, -(2**self.bits - 1), 2**self.bits - 1, odd_only=True)
