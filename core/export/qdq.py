@@ -184,7 +184,11 @@ def _record(name: str, q: Quantizer, calls: list[tuple[torch.Tensor, torch.Tenso
         x, y = calls[0]
         grid = q.grid(x)
     else:
-        grid = q.grid()
+        try:
+            grid = q.grid()
+        except ExportError as exc:
+            raise ExportError(f"{label} on activations: QDQ needs a grid fixed at export time "
+                              f"({exc})") from None
         if grid.odd_only:
             raise ExportError(f"{label} quantizes activations to odd integers only "
                               f"({grid.qmin}..{grid.qmax}): QuantizeLinear rounds to every integer, so it "

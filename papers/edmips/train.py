@@ -7,7 +7,9 @@ quantized layers are core's fixed-precision ``QConv2d`` / ``QLinear`` with the s
 HWGQ activation quantizers as the search; first conv and last fc stay full precision. The schedule is the
 paper's (95 epochs, lr 0.1 decayed 10x at 30/60/90; the 50-epoch exploration runs decay at 15/30/45).
 
-At the end RUN_DIR/results.json holds the fields of the project's results contract.
+At the end RUN_DIR/results.json holds the fields of the project's results contract, and
+RUN_DIR/train/export.json tells ``mpq export RUN_DIR`` how to rebuild the final network
+(``core.export.spec``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from core.engine import (
     trainer_kwargs,
 )
 from core.errors import ConfigError
+from core.export.spec import write_export_spec
 from core.policy import BitPolicy
 from papers.edmips.common import (
     POLICY_FILE,
@@ -41,7 +44,7 @@ from papers.edmips.common import (
     setup,
 )
 from papers.edmips.config import EdmipsConfig
-from papers.edmips.models import build_float_model, quantize_fixed
+from papers.edmips.models import build_float_model, export_spec, quantize_fixed
 
 POLICY_SOURCES = ("searched", "uniform", "float")
 
@@ -130,6 +133,10 @@ def run_train(cfg: EdmipsConfig) -> dict:
     }
     if is_main():
         atomic_write_text(root / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+        write_export_spec(train_dir, export_spec(  # for `mpq export RUN_DIR`: the final weights are last.pt
+            cfg.model, cfg.quant, num_classes_of(cfg, data), data.input_size,
+            policy.to_dict() if policy is not None else None, "checkpoints/last.pt",
+            {"paper": "edmips", "row": cfg.row, "policy_source": cfg.train.policy}))
     log(f"EdMIPS train: top-1 {results['top1']:.2f} top-5 {results['top5']:.2f}, average bits "
         f"{results['avg_bits']:.3f} -> {root / RESULTS_FILE}")
     return results

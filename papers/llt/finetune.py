@@ -3,7 +3,8 @@
 LSQ weights and activations at the policy's bits; first conv W8 with its input unquantized, fc W8A8;
 SGD lr 0.04, momentum 0.9, wd 2.5e-5, cosine with 5 warm-up epochs, label smoothing 0.1, 90 epochs;
 BatchNorm statistics re-estimated on about 6000 training images before the final evaluation. Writes
-``results.json`` (fields of ../shared/DESIGN.md) into ``<run.out_dir>/finetune``.
+``results.json`` (fields of ../shared/DESIGN.md) into ``<run.out_dir>/finetune``, with ``final.pt`` (the
+evaluated weights) and ``export.json`` for ``mpq export`` (``core.export.spec``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch.nn as nn
 import core
 from core.bops import count
 from core.config import config_to_dict
+from core.data import dataset_info
 from core.engine import (
     Trainer,
     all_reduce_mean,
@@ -38,6 +41,7 @@ from core.engine import (
     unwrap,
 )
 from core.errors import CheckpointError, PolicyError
+from core.export.spec import ExportSpec, save_weights, write_export_spec
 from core.io import atomic_write_json
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
@@ -46,12 +50,16 @@ from papers.llt.config import LLTConfig
 from papers.llt.search import search_from_config
 
 
+def finetune_spec(first_layer: str = "w8", last_layer: str = "w8a8") -> QuantSpec:
+    """LSQ weights and activations; the first / last layer as configured."""
+    return QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
+                     first=first_layer, last=last_layer)
+
+
 def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str = "w8",
                          last_layer: str = "w8a8") -> list[str]:
     """Quantize ``model`` in place with LSQ at the policy's bits; returns the searchable layer names."""
-    spec = QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
-                     first=first_layer, last=last_layer)
-    names = quantize_model(model, spec)
+    names = quantize_model(model, finetune_spec(first_layer, last_layer))
     missing = [n for n in names if n not in policy]
     extra = [n for n in policy.layers if n not in names]
     if missing or extra:
@@ -177,6 +185,13 @@ def run_finetune(cfg: LLTConfig) -> dict:
     }
     if is_main():
         atomic_write_json(out_dir / "results.json", results)
+        # `mpq export RUN_DIR`: the evaluated weights (after BN re-estimation) and how to rebuild the model
+        save_weights(out_dir / "final.pt", trainer.module)
+        write_export_spec(out_dir, ExportSpec(
+            model=cfg.model.name, input_size=input_size(cfg.data), checkpoint="final.pt",
+            num_classes=cfg.model.num_classes or dataset_info(cfg.data.name).num_classes,
+            quant=asdict(finetune_spec(stage.first_layer, stage.last_layer)), policy=policy.to_dict(),
+            meta={"paper": "llt", "table_row": cfg.table_row}))
         log(f"top-1 {final['top1']:.2f} top-5 {final['top5']:.2f} after BN re-estimation on "
             f"{used * info.world_size} images; "
             f"{report.bops / 1e9:.3f} G BitOPs ({report.convention}), {report.size_mb():.3f} MB")
