@@ -12,6 +12,7 @@ container one bit wider than ``b``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,14 +45,24 @@ class ElementType:
 
         return getattr(TensorProto, self.name.upper())
 
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        """The numpy dtype ``onnx.numpy_helper.from_array`` packs into this type (ml_dtypes for < 8 bits)."""
-        if self.bits < 8:
-            import ml_dtypes
+    def tensor(self, name: str, values: np.ndarray) -> Any:
+        """An ONNX initializer of this type holding the integers ``values``. Sub-byte types are packed as
+        ONNX stores them: 8 / ``bits`` values per byte, the first in the lowest bits."""
+        from onnx import helper, numpy_helper
 
-            return np.dtype(getattr(ml_dtypes, self.name))
-        return np.dtype(self.name)
+        values = np.asarray(values, dtype=np.int64)
+        if values.size and (values.min() < self.qmin or values.max() > self.qmax):
+            raise ExportError(f"{name}: integers outside {self.name}'s [{self.qmin}, {self.qmax}]")
+        if self.bits >= 8:
+            return numpy_helper.from_array(values.astype(np.dtype(self.name)), name)
+        per_byte = 8 // self.bits
+        flat = np.zeros(-(-values.size // per_byte) * per_byte, dtype=np.uint8)
+        flat[:values.size] = values.reshape(-1) & ((1 << self.bits) - 1)
+        lanes = flat.reshape(-1, per_byte).astype(np.uint8)
+        packed = np.zeros(len(lanes), dtype=np.uint8)
+        for i in range(per_byte):
+            packed |= lanes[:, i] << (i * self.bits)
+        return helper.make_tensor(name, self.onnx_type, list(values.shape), packed.tobytes(), raw=True)
 
     def holds(self, qmin: int, qmax: int) -> bool:
         return self.qmin <= qmin and qmax <= self.qmax

@@ -16,7 +16,8 @@
    converted to the requested opset with ``onnx.version_converter`` (int4 needs 21).
 4. **QDQ.** Each marker is rewritten with the onnx helper API: a weight becomes an integer initializer
    (packed, two int4 per byte) with its scale (per-tensor or per-channel) and zero point feeding a
-   DequantizeLinear; an activation becomes [Clip ->] QuantizeLinear -> DequantizeLinear.
+   DequantizeLinear; an activation becomes [Clip ->] QuantizeLinear -> DequantizeLinear (see
+   :func:`_activation_nodes` for when the clip is there and why it is sometimes ``Max -> Min``).
 5. **Check and write.** Metadata (mpq version, policy, per-layer grids) go into ``metadata_props``;
    ``onnx.checker`` (with shape inference) validates; the file is written atomically (``core.io``).
 """
@@ -74,7 +75,10 @@ class QuantizedTensor:
 
     @property
     def clipped(self) -> bool:
-        return not (self.element.qmin == self.grid.qmin and self.element.qmax == self.grid.qmax)
+        """Whether a Clip to ``[qmin, qmax]`` precedes the QuantizeLinear (activations): where the container
+        is wider than the grid, and for every signed container but int8 (see :func:`_activation_nodes`)."""
+        wider = self.element.qmin < self.grid.qmin or self.element.qmax > self.grid.qmax
+        return self.role == "activation" and (wider or (self.grid.signed and self.element.name != "int8"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "role": self.role, "quantizer": self.quantizer, "bits": self.bits,
@@ -309,9 +313,9 @@ def _initializer(name: str, array: np.ndarray) -> Any:
 def _qparams(graph: Any, prefix: str, rec: QuantizedTensor) -> tuple[str, str]:
     """Scale (float32) and zero point (the container type) initializers of ``rec``'s grid."""
     scale = rec.grid.scale.detach().cpu().numpy().astype(np.float32)
-    zero = np.full(scale.shape, rec.grid.zero_point).astype(rec.element.numpy_dtype)
+    zero = np.full(scale.shape, rec.grid.zero_point)
     graph.initializer.extend([_initializer(f"{prefix}_scale", scale),
-                              _initializer(f"{prefix}_zero_point", zero)])
+                              rec.element.tensor(f"{prefix}_zero_point", zero)])
     return f"{prefix}_scale", f"{prefix}_zero_point"
 
 
@@ -319,18 +323,28 @@ def _axis(rec: QuantizedTensor) -> dict[str, int]:
     return {"axis": rec.grid.axis} if rec.grid.axis is not None else {}
 
 
-def _weight_nodes(graph: Any, node: Any, rec: QuantizedTensor, constant: str) -> list[Any]:
+def _weight_nodes(graph: Any, node: Any, rec: QuantizedTensor, constant: str, occurrence: int) -> list[Any]:
+    """Integer initializer, scale and zero point (once per weight), and a DequantizeLinear per use."""
     from onnx import helper
 
     prefix = f"{constant}_quantized"
-    codes = rec.codes.detach().cpu().numpy().astype(np.int64)
-    graph.initializer.append(_initializer(prefix, codes.astype(rec.element.numpy_dtype)))
-    scale, zero = _qparams(graph, prefix, rec)
-    return [helper.make_node("DequantizeLinear", [prefix, scale, zero], [node.output[0]],
-                             name=f"{prefix}/DequantizeLinear", **_axis(rec))]
+    if occurrence == 0:
+        graph.initializer.append(rec.element.tensor(prefix, rec.codes.detach().cpu().numpy()))
+        _qparams(graph, prefix, rec)
+    suffix = f"_{occurrence}" if occurrence else ""
+    return [helper.make_node("DequantizeLinear", [prefix, f"{prefix}_scale", f"{prefix}_zero_point"],
+                             [node.output[0]], name=f"{prefix}/DequantizeLinear{suffix}", **_axis(rec))]
 
 
 def _activation_nodes(graph: Any, node: Any, rec: QuantizedTensor, rank: int, occurrence: int) -> list[Any]:
+    """[Clip ->] QuantizeLinear -> DequantizeLinear. The clip to the grid's ``[qmin, qmax]`` (in float, so
+    QuantizeLinear rounds exactly the clipped value) is a ``Clip`` for 8-bit containers and ``Max -> Min``
+    otherwise (and per channel, where Clip's bounds must be scalars), because two onnxruntime graph
+    optimizations mishandle other zero-point types (verified with onnxruntime 1.32.0): the Clip ->
+    QuantizeLinear fusion fails to load a model with a sub-byte zero point, and the Relu -> QuantizeLinear
+    fusion drops the Relu before any zero point that is not int8 / uint8, wrong for signed types. A signed
+    container other than int8 therefore always gets the clip, even where it clips nothing, so no Relu
+    feeds its QuantizeLinear directly."""
     from onnx import helper
 
     prefix = f"{rec.layer or rec.name}.input" + (f"_{occurrence}" if occurrence else "")
@@ -338,13 +352,13 @@ def _activation_nodes(graph: Any, node: Any, rec: QuantizedTensor, rank: int, oc
     nodes = []
     if rec.clipped:
         bounds = _bounds(rec.grid)
-        if rec.grid.axis is None and rec.element.bits >= 8:
+        if rec.grid.axis is None and rec.element.bits == 8:
             low, high = (b.cpu().numpy().astype(np.float32) for b in bounds)
             graph.initializer.extend([_initializer(f"{prefix}_clip_min", low),
                                       _initializer(f"{prefix}_clip_max", high)])
             nodes.append(helper.make_node("Clip", [x, f"{prefix}_clip_min", f"{prefix}_clip_max"],
                                           [f"{prefix}_clipped"], name=f"{prefix}/Clip"))
-        else:  # per-channel bounds (Clip takes scalars only) or a sub-byte container (see the module notes)
+        else:  # per-channel bounds (Clip takes scalars only), or a container other than int8 / uint8
             shape = [1] * rank
             if rec.grid.axis is not None:
                 shape[rec.grid.axis % rank] = -1
@@ -381,6 +395,7 @@ def _rewrite(proto: Any, records: dict[int, QuantizedTensor] | None, ranks: dict
             nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
             continue
         rec = records[index]
+        occurrence = seen[index] = seen.get(index, -1) + 1
         if rec.role == "weight":
             source = node.input[0]
             while source not in constants and source in identity_of:
@@ -389,12 +404,10 @@ def _rewrite(proto: Any, records: dict[int, QuantizedTensor] | None, ranks: dict
                 raise ExportError(f"{_label(rec.name, rec.quantizer, rec.bits)}: the weight it quantizes "
                                   "is computed in the graph, not a stored parameter; only parameters can be "
                                   "stored as integers")
-            nodes += _weight_nodes(graph, node, rec, source)
-            rec.outputs.append(node.output[0])
+            nodes += _weight_nodes(graph, node, rec, source, occurrence)
         else:
-            occurrence = seen[index] = seen.get(index, -1) + 1
             nodes += _activation_nodes(graph, node, rec, ranks[rec.name], occurrence)
-            rec.outputs.append(node.output[0])
+        rec.outputs.append(node.output[0])
     del graph.node[:]
     graph.node.extend(nodes)
     _prune(graph)

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime", reason="parity needs the [export] extra (onnx
 from onnx import numpy_helper  # noqa: E402
 
 from core.errors import ExportError  # noqa: E402
-from core.export import element_type_for, export_onnx  # noqa: E402
+from core.export import ELEMENT_TYPES, element_type_for, export_onnx  # noqa: E402
 from core.export.check import compare_onnxruntime, run_onnxruntime  # noqa: E402
 from core.nn import QConv2d, QuantSpec, quantize_model  # noqa: E402
 from core.policy import BitPolicy  # noqa: E402
@@ -138,7 +138,10 @@ def test_element_types_and_clip_bounds_per_bit_width(exported):
             assert inits[q.input[2]].data_type == t.element.onnx_type
             clip = producer.get(q.input[0])
             clipped = clip is not None and clip.op_type in ("Clip", "Min")
-            assert clipped == t.clipped == (t.element.qmax > g.qmax or t.element.qmin < g.qmin)
+            wider = t.element.qmax > g.qmax or t.element.qmin < g.qmin
+            assert clipped == t.clipped == (wider or (g.signed and t.element.name != "int8"))
+            if clipped:  # Clip for 8-bit containers, Max -> Min otherwise (onnxruntime's fusions)
+                assert clip.op_type == ("Clip" if t.element.bits == 8 and g.axis is None else "Min")
             if clipped:  # bounds: the float values of qmin and qmax (Clip, or Max -> Min)
                 if clip.op_type == "Clip":
                     lo, hi = (numpy_helper.to_array(inits[clip.input[i]]) for i in (1, 2))
@@ -204,6 +207,18 @@ def test_element_type_table():
         element_type_for(-255, 255, 20)
 
 
+@pytest.mark.parametrize("element", ELEMENT_TYPES, ids=lambda e: e.name)
+def test_integers_are_stored_packed_and_read_back(element):
+    """Sub-byte integers packed as ONNX stores them (two int4 / four int2 per byte), any length."""
+    values = np.random.default_rng(0).integers(element.qmin, element.qmax + 1, size=(3, 7))
+    tensor = element.tensor("w", values)
+    assert tensor.data_type == element.onnx_type
+    assert len(tensor.raw_data) == -(-values.size * element.bits // 8)
+    assert np.array_equal(numpy_helper.to_array(tensor).astype(np.int64), values)
+    with pytest.raises(ExportError, match="outside"):
+        element.tensor("w", np.array([element.qmax + 1]))
+
+
 def test_inexact_grid_fails_naming_the_quantizer_and_writes_nothing(tmp_path):
     model = _trained(nn.Sequential(QConv2d(3, 4, 3, w_quant="dorefa", a_quant="lsq", w_bits=3, a_bits=32),
                                    nn.Flatten()))
@@ -245,6 +260,28 @@ def test_search_layers_and_untrained_steps_are_refused():
     with pytest.raises(ExportError, match="LSQ step initialised from the example"):
         export_onnx(untrained, torch.randn(2, 3, 8, 8))
     assert not bool(untrained[0].weight_quantizer.initialized.any())  # the caller's model is untouched
+
+
+class _Twice(nn.Module):
+    """One layer called twice, the second time on a ReLU output, with signed int4 activations: onnxruntime
+    1.32 would drop that ReLU if it fed the QuantizeLinear directly (int4 zero point)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = QConv2d(4, 4, 3, padding=1, bias=True, w_bits=3, a_bits=4, a_options={"signed": True})
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.conv(x))).mean((2, 3))
+
+
+def test_a_layer_called_twice_stores_its_weights_once_and_keeps_the_relu():
+    torch.manual_seed(0)
+    model = _trained(_Twice(), size=(4, 8, 8))
+    result = export_onnx(model, torch.randn(2, 4, 8, 8))
+    names = [t.name for t in result.model.graph.initializer]
+    assert names.count("conv.weight_quantized") == 1 and len(names) == len(set(names))
+    assert [len(t.outputs) for t in result.tensors] == [2, 2] and result.tensors[0].calls == 2
+    assert compare_onnxruntime(model, result, torch.randn(16, 4, 8, 8)).ok(ULPS)
 
 
 def test_opset_out_of_range():
