@@ -55,4 +55,5 @@ def test_final_network_exports_from_its_run_dir_with_parity(tmp_path, capsys):
                         ("weight", 4): "int8", ("activation", 2): "uint4", ("activation", 3): "uint4",
                         ("activation", 4): "uint4"}
     report = compare_onnxruntime(model, result, images)
+    print(report.summary())  # shown with pytest -s
     assert report.ok(ulps=16), report.summary()

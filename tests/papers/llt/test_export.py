@@ -52,6 +52,7 @@ def test_finetuned_network_exports_with_w8_edges_and_parity(tmp_path):
         assert kinds[(name, "weight")] == (w, "int4" if w <= 4 else "int8")
         assert kinds[(name, "activation")] == (a, "uint4" if a <= 4 else "uint8")
     report = compare_onnxruntime(model, result, images)
+    print(report.summary())  # shown with pytest -s
     assert report.ok(ulps=16), report.summary()
     with torch.no_grad():  # the exported model is the one LLT evaluated
         assert 0 <= results["top1"] <= 100 and model(images).shape == (64, 10)
