@@ -55,8 +55,8 @@ INPUT_NAME = "input"
 @dataclass
 class QuantizedTensor:
     """One active quantizer as exported. ``role``: ``weight`` (integer initializer + DequantizeLinear) or
-    ``activation`` ([Clip ->] QuantizeLinear -> DequantizeLinear). ``clip``: the Clip bounds in float
-    (per-tensor) when the container is wider than the grid, else ``None``. ``max_error``: the largest
+    ``activation`` ([Clip ->] QuantizeLinear -> DequantizeLinear). ``clip``: the float bounds of the clip
+    in front of a per-tensor QuantizeLinear (see :attr:`clipped`), else ``None``. ``max_error``: the largest
     ``|QDQ - PyTorch|`` on the weights / example activations (0 for an exact grid)."""
 
     name: str
@@ -292,8 +292,6 @@ def _torch_export(marked: nn.Module, active: list[str], outputs: dict[str, list[
                               output_names=["output"],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, "output": {0: "batch"}},
                               do_constant_folding=True)
-    except ExportError:
-        raise
     except Exception as exc:  # noqa: BLE001 - tracing or symbolic errors come in many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ExportError(f"torch's ONNX exporter could not trace {type(marked).__name__}: "
@@ -465,6 +463,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "mpq", core.__version__
     proto.graph.name = type(model).__name__
+    if proto.ByteSize() >= 2**31:
+        raise ExportError(f"the exported model is {proto.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB "
+                          "limit (external data files are not supported by mpq export)")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError / InferenceError
