@@ -17,6 +17,7 @@ from core.cli import main  # noqa: E402
 from core.errors import CheckpointError, ExportError, PolicyError  # noqa: E402
 from core.export.spec import (  # noqa: E402
     ExportSpec,
+    build_spec_model,
     find_export_spec,
     load_export_spec,
     model_from_run,
@@ -24,7 +25,7 @@ from core.export.spec import (  # noqa: E402
     write_export_spec,
 )
 from core.models import build_model  # noqa: E402
-from core.nn import QuantSpec, quantize_model  # noqa: E402
+from core.nn import QConv2d, QuantSpec, quantize_model  # noqa: E402
 from core.policy import BitPolicy, policy_layer_names  # noqa: E402
 
 MODEL = {"model": "digits_resnet", "num_classes": 10, "input_size": (3, 8, 8)}
@@ -65,6 +66,15 @@ def test_spec_round_trip_and_rebuild(tmp_path):
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+def test_float_spec_and_incomplete_spec():
+    model, policy = build_spec_model(ExportSpec(checkpoint="x.pt", **MODEL))  # EdMIPS's float reference
+    assert policy is None and not any(isinstance(m, QConv2d) for m in model.modules())
+    with pytest.raises(ExportError, match="no policy"):
+        build_spec_model(ExportSpec(checkpoint="x.pt", quant=QUANT, **MODEL))
+    with pytest.raises(ExportError, match="no quant section"):
+        build_spec_model(ExportSpec(checkpoint="x.pt", policy={"layers": [], "meta": {}}, **MODEL))
 
 
 def test_malformed_or_missing_spec(tmp_path):
