@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.recompute import REPO_ROOT, RecomputeContext, RecomputeUnavailable, default_reference_dirs
-from benchmarks.recomputers import load_recomputers, load_yaml_with_base
+from benchmarks.recomputers import load_recomputers
 from benchmarks.schema import Cell, Row, Table, TableFile, load_tables
 from core.errors import DataError, MpqError
 from core.results import RunResult

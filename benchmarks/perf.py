@@ -18,6 +18,9 @@ its absolute value, its baseline's and the ratio. Groups:
   (:class:`core.paper.Paper`). Each dict has the JSON keys below; a group that cannot run, or a paper
   that failed to load, prints ``unavailable: <why>``.
 
+- ``export``: ONNX QDQ export of a ResNet-18 at a mixed LSQ policy (first call and median) vs exporting it
+  in float, and the packed file size / float32 against the physical limit (needs ``mpq[export]``).
+
 ``--json FILE`` writes a list of ``{name, value, unit, baseline, baseline_value, ratio}``.
 """
 
@@ -250,8 +253,50 @@ def group_data(smoke: bool, repeats: int) -> list[Measurement]:
                 "PIL decode only (images/s)", n / t_decode)]
 
 
+# ----------------------------------------------------------------------------- export
+def group_export(smoke: bool, repeats: int) -> list[Measurement]:
+    """``core.export``: QDQ export time of a ResNet-18 at a mixed LSQ policy (first conv W8, fc W8A8) vs
+    exporting the same model in float, and the packed file size vs float32 and its physical limit."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise Unavailable("onnx is not installed (pip install 'mpq[export]')") from None
+    from core.export import export_onnx
+    from core.export.report import size_report
+    from core.models import build_model
+    from core.nn import QuantSpec, quantize_model
+    from core.policy import BitPolicy
+
+    name, size, classes = ("resnet20", (3, 32, 32), 10) if smoke else ("resnet18", (3, 224, 224), 1000)
+    model = build_model(name, num_classes=classes)
+    names = quantize_model(model, QuantSpec(kind="fixed", first="w8", last="w8a8"))
+    bits = [2, 3, 4, 5, 6, 8]
+    BitPolicy({n: (bits[i % 6], bits[(i + 3) % 6]) for i, n in enumerate(names)}).apply(model)
+    example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(example)  # LSQ steps initialise from this batch
+    model.eval()
+    start = time.perf_counter()
+    result = export_onnx(model, example)
+    first = time.perf_counter() - start
+    t_qdq = median_time(lambda: export_onnx(model, example), repeats, warmup=0)
+    float_model = export_onnx(model, example, quantized=False).model
+    t_float = median_time(lambda: export_onnx(model, example, quantized=False), repeats, warmup=0)
+    sizes = size_report(model, result, float_model.ByteSize())
+    threads = torch.get_num_threads()
+    return [Measurement(f"export {name} QDQ, first call ({threads} threads)", first, "s"),
+            _vs(f"export {name} QDQ", t_qdq, "s", f"export {name} float (same exporter)", t_float),
+            Measurement("weights: physical limit sum b|W| / (32 sum|W|)", sizes.weight_limit, "ratio"),
+            _vs("file: packed / float32", sizes.ratio, "ratio",
+                "file limit (weights at b bits; scales, BN, graph as exported)", sizes.file_limit),
+            Measurement(f"file sizes: packed {sizes.packed_bytes / 1e6:.2f} MB, 8-bit containers "
+                        f"{sizes.int8_bytes / 1e6:.2f} MB, float32 {sizes.float_bytes / 1e6:.2f} MB",
+                        sizes.packed_bytes / 1e6, "MB")]
+
+
 BUILTIN: dict[str, Callable[[bool, int], list[Measurement]]] = {
-    "fakequant": group_fakequant, "bops": group_bops, "counting": group_counting, "data": group_data}
+    "fakequant": group_fakequant, "bops": group_bops, "counting": group_counting, "data": group_data,
+    "export": group_export}
 
 
 def paper_groups() -> dict[str, Callable[[bool, int], list[Measurement]] | str]:

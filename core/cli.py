@@ -1,11 +1,12 @@
 """The `mpq` command line.
 
-Common commands live here (`mpq env`, `mpq data check`, `mpq bops`, `mpq papers`, `mpq config`). Each
-registered paper (a :class:`core.paper.Paper` under the ``mpq.papers`` entry points) adds its group
-(`mpq <paper> ...`); other command groups (the benchmark's `mpq bench ...`) come from the
-``mpq.commands`` entry points, each a ``register(subparsers)`` function that adds one sub-parser whose
-handler is set with ``parser.set_defaults(func=...)``. A group that fails to load is listed as
-unavailable (its commands then print the error and exit 2). core never imports a paper by name.
+Common commands live here (`mpq env`, `mpq data check`, `mpq bops`, `mpq papers`, `mpq config`,
+`mpq export`). Each registered paper (a :class:`core.paper.Paper` under the ``mpq.papers`` entry
+points) adds its group (`mpq <paper> ...`); other command groups (the benchmark's `mpq bench ...`)
+come from the ``mpq.commands`` entry points, each a ``register(subparsers)`` function that adds one
+sub-parser whose handler is set with ``parser.set_defaults(func=...)``. A group that fails to load is
+listed as unavailable (its commands then print the error and exit 2). core never imports a paper by
+name.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
         print(f"{paper.name}: {' '.join(paper.config_names()) or '(no packaged configs)'}")
     return 0
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core.export.cli import run_cli
+
+    return run_cli(args)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -128,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_arguments(p)
     p.set_defaults(func=_cmd_bops)
 
+    from core.export.cli import add_cli_arguments as add_export_arguments
+
+    p = sub.add_parser("export", help="a trained quantized model as an ONNX QDQ graph (needs mpq[export])")
+    add_export_arguments(p)
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("papers", help="the registered papers: loaded or not, methods, configs (exit 1 if one "
                                       "is broken)")
     p.set_defaults(func=_cmd_papers)
@@ -147,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
 
     groups = [(e.name, e.error, e.paper.register_cli if e.paper else None) for e in discover_papers()]
+
     for ep in sorted(entry_points(group="mpq.commands"), key=lambda e: e.name):
         try:
             groups.append((ep.name, None, ep.load()))

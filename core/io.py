@@ -157,7 +157,9 @@ def read_json(path: str | os.PathLike, what: str, hint: str, error: type[Excepti
         raise error(f"{what} {str(path)!r} does not exist; {hint}")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text ({exc}); {hint}") from None
+    except OSError as exc:
         raise error(f"cannot read {what} {str(path)!r} ({exc}); {hint}") from None
     try:
         return json.loads(text)

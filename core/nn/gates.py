@@ -3,7 +3,7 @@
 ``gumbel_softmax(logits, tau)`` draws ``softmax((logits + g) / tau)`` with ``g ~ Gumbel(0, 1)`` i.i.d.;
 ``hard=True`` returns the one-hot of its argmax in the forward pass and the soft sample's gradient in
 the backward pass (straight-through), so the logits still receive a gradient. Lower ``tau`` makes the
-soft sample closer to one-hot. The searchable layers (``core.nn.mixed``) draw their ``gumbel_soft`` /
+soft sample closer to one-hot. The searchable layers (``core.nn.composite``) draw their ``gumbel_soft`` /
 ``gumbel_hard`` gates with it; a paper that samples sub-networks uses the same function.
 
 >>> import torch

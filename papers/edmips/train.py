@@ -8,7 +8,8 @@ HWGQ activation quantizers as the search; first conv and last fc stay full preci
 paper's (95 epochs, lr 0.1 decayed 10x at 30/60/90; the 50-epoch exploration runs decay at 15/30/45).
 
 At the end RUN_DIR/results.json is the run's :class:`core.results.RunResult` (counts under the ``edmips``
-convention; ``extra``: ``policy_source``, ``epochs``).
+convention; ``extra``: ``policy_source``, ``epochs``), and RUN_DIR/train/export.json tells
+``mpq export RUN_DIR`` how to rebuild the final network (``core.export.spec``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pathlib import Path
 import torch.nn as nn
 
 from core.bops import count
-from core.engine import Trainer, build_optimizer, build_scheduler, log, trainer_kwargs
+from core.engine import Trainer, build_optimizer, build_scheduler, is_main, log, trainer_kwargs
 from core.errors import ConfigError
+from core.export.spec import write_export_spec
 from core.policy import BitPolicy
 from core.results import RunResult, run_result, write_results
 from papers.edmips.common import POLICY_FILE, RESULTS_FILE, build_data, num_classes_of, run_paths, setup
 from papers.edmips.config import EdmipsConfig
-from papers.edmips.models import build_float_model, quantize_fixed
+from papers.edmips.models import build_float_model, export_spec, quantize_fixed
 
 POLICY_SOURCES = ("searched", "uniform", "float")
 
@@ -97,6 +99,11 @@ def run_train(cfg: EdmipsConfig) -> RunResult:
                         wall_time_s={**_stage_times(root), "train": time.perf_counter() - t0},
                         extra={"policy_source": cfg.train.policy, "epochs": cfg.train.schedule.epochs})
     write_results(root / RESULTS_FILE, result)
+    if is_main():  # for `mpq export RUN_DIR`: the final weights are last.pt
+        write_export_spec(train_dir, export_spec(
+            cfg.model, cfg.quant, num_classes_of(cfg), data.input_size,
+            policy.to_dict() if policy is not None else None, "checkpoints/last.pt",
+            {"paper": "edmips", "table_row": cfg.table_row, "policy_source": cfg.train.policy}))
     log(f"EdMIPS train: top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}, average bits "
         f"{report.avg_bits:.3f} -> {root / RESULTS_FILE}")
     return result

@@ -5,13 +5,15 @@ SGD lr 0.04, momentum 0.9, wd 2.5e-5, cosine with 5 warm-up epochs, label smooth
 BatchNorm statistics re-estimated on about 6000 training images before the final evaluation
 (``core.engine.reestimate_bn_statistics``). Writes ``results.json`` (a :class:`core.results.RunResult`;
 ``extra``: searchable layers, float size, compression ratio, BN calibration images, epochs, python and
-torch versions) into ``<run.out_dir>/finetune``.
+torch versions) into ``<run.out_dir>/finetune``, with ``final.pt`` (the evaluated weights) and
+``export.json`` for ``mpq export`` (``core.export.spec``).
 """
 
 from __future__ import annotations
 
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,13 +28,16 @@ from core.engine import (
     build_scheduler,
     classification_data,
     evaluate,
+    is_main,
     load_checkpoint,
     log,
+    num_classes_for,
     reestimate_bn_statistics,
     setup_process,
     trainer_kwargs,
 )
 from core.errors import CheckpointError, PolicyError
+from core.export.spec import ExportSpec, save_weights, write_export_spec
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
 from core.results import RunResult, run_result, write_results
@@ -40,12 +45,16 @@ from papers.llt.config import LLTConfig
 from papers.llt.search import search_from_config
 
 
+def finetune_spec(first_layer: str = "w8", last_layer: str = "w8a8") -> QuantSpec:
+    """LSQ weights and activations; the first / last layer as configured."""
+    return QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
+                     first=first_layer, last=last_layer)
+
+
 def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str = "w8",
                          last_layer: str = "w8a8") -> list[str]:
     """Quantize ``model`` in place with LSQ at the policy's bits; returns the searchable layer names."""
-    spec = QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
-                     first=first_layer, last=last_layer)
-    names = quantize_model(model, spec)
+    names = quantize_model(model, finetune_spec(first_layer, last_layer))
     missing = [n for n in names if n not in policy]
     extra = [n for n in policy.layers if n not in names]
     if missing or extra:
@@ -134,5 +143,13 @@ def run_finetune(cfg: LLTConfig) -> RunResult:
     log(f"top-1 {final['top1']:.2f} top-5 {final['top5']:.2f} after BN re-estimation on "
         f"{used * info.world_size} images; "
         f"{report.bops / 1e9:.3f} G BitOPs ({report.convention}), {report.size_mb():.3f} MB")
+    if is_main():
+        # `mpq export RUN_DIR`: the evaluated weights (after BN re-estimation) and how to rebuild the model
+        save_weights(out_dir / "final.pt", trainer.module)
+        write_export_spec(out_dir, ExportSpec(
+            model=cfg.model.name, input_size=data.input_size, checkpoint="final.pt",
+            num_classes=num_classes_for(cfg.model, cfg.data.name), model_kwargs=dict(cfg.model.kwargs),
+            quant=asdict(finetune_spec(stage.first_layer, stage.last_layer)), policy=policy.to_dict(),
+            meta={"paper": "llt", "table_row": cfg.table_row}))
     barrier()
     return result

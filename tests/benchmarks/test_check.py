@@ -228,7 +228,7 @@ def test_bad_results_inputs(tmp_path: Path, capsys) -> None:
     assert main(["bench", "check", "--paper", "onemps", "--results", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "results.json").write_bytes(b'{"top1": "\xff\xfe 70"}')  # not UTF-8
-    with pytest.raises(DataError, match="results.json: not UTF-8"):
+    with pytest.raises(DataError, match="results.json' is not UTF-8"):
         load_results(tmp_path)
     assert main(["bench", "check", "--paper", "onemps", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -32,7 +32,7 @@ def test_per_rank_batch_refuses_a_global_batch_that_does_not_divide():
 
 
 def test_setup_process_seeds_seed_plus_rank_and_switches_the_compiled_path(monkeypatch):
-    monkeypatch.setattr(process, "init_distributed", lambda device: DistInfo(rank=2, world_size=4))
+    monkeypatch.setattr(process, "init_distributed", lambda device, timeout_s: DistInfo(rank=2, world_size=4))
     try:
         info = setup_process(RunConfig(seed=5, compile=True))
         got = torch.rand(3)
@@ -41,7 +41,7 @@ def test_setup_process_seeds_seed_plus_rank_and_switches_the_compiled_path(monke
         set_compiled(False)
     torch.manual_seed(7)  # seed + rank
     assert torch.equal(got, torch.rand(3))
-    monkeypatch.setattr(process, "init_distributed", lambda device: DistInfo())
+    monkeypatch.setattr(process, "init_distributed", lambda device, timeout_s: DistInfo())
     setup_process(RunConfig(seed=5))
     got = torch.rand(3)
     torch.manual_seed(5)  # one process: the seed itself

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.nn import MixedConv2d, distillation_loss, gumbel_softmax
+from core.nn import CompositeConv2d, distillation_loss, gumbel_softmax
 from core.pareto import pareto_front
 
 
@@ -42,7 +42,7 @@ def test_gumbel_frequencies_follow_the_softmax():
 
 def test_mixed_layer_gumbel_modes_draw_the_core_gate():
     """The searchable layer's gumbel gates are core's gumbel_softmax (the same draw as torch's own)."""
-    layer = MixedConv2d(3, 4, 3, padding=1)
+    layer = CompositeConv2d(3, 4, 3, padding=1)
     layer.set_sampling("gumbel_hard", tau=0.5)
     torch.manual_seed(3)
     gate = layer.gates_w()
