@@ -189,10 +189,17 @@ def register_layer_kind(name: str, *, layers: tuple[type[nn.Module], ...],
 
 
 def get_layer_kind(name: str) -> LayerKind:
-    """The registered kind ``name``; an unknown name raises ``ConfigError`` listing the registered ones."""
+    """The registered kind ``name``. A name not registered yet first imports the registered papers'
+    ``layer_kinds`` modules (``core.paper.Paper.layer_kinds``); still unknown: ``ConfigError`` listing
+    the registered ones."""
     if name not in LAYER_KINDS:
-        raise ConfigError(f"unknown layer kind {name!r}; registered layer kinds: {list_layer_kinds()} "
-                          "(a paper's kind is registered when its package is imported)")
+        from core.paper import import_layer_kinds
+
+        failed = import_layer_kinds()
+        if name not in LAYER_KINDS:
+            broken = f"; papers whose layer kinds failed to load: {failed}" if failed else ""
+            raise ConfigError(f"unknown layer kind {name!r}; registered layer kinds: {list_layer_kinds()} "
+                              f"(a paper declares its kinds in core.paper.Paper.layer_kinds){broken}")
     return LAYER_KINDS[name]
 
 

@@ -1,4 +1,4 @@
-"""``mpq basq supernet|search|finetune|report -c CONFIG [key=value ...]``.
+"""``mpq basq supernet|search|finetune|report -c NAME|PATH [key=value ...]``.
 
 ``supernet`` (Alg. 1 part 1) and ``finetune`` (part 3) resume from ``run.out_dir`` and run under
 ``torchrun``; ``search`` (part 2) runs in one process; ``report`` prints the K-fold table (supplementary
@@ -8,6 +8,15 @@ Table 2), the mean and the BitOPs (Table 5).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from papers.basq import PAPER
+
+#: The digits config shrunk to seconds (the smoke run and the end-to-end tests).
+TINY = ["data.image_size=8", "teacher.schedule.epochs=1", "supernet.stage1.schedule.epochs=1",
+        "supernet.stage2.schedule.epochs=1", "search.folds=3", "search.evolution.population=6",
+        "search.evolution.iterations=2", "search.evolution.parents=2", "search.evolution.crossover=2",
+        "search.evolution.mutation=2", "finetune.schedule.epochs=1", "run.log_every=1000"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,43 +29,53 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ("report", "the K-fold table, its mean and the BitOPs of a run", _cmd_report),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("-c", "--config", required=True, help="YAML config (papers/basq/configs/*.yaml)")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data/imagenet")
+        PAPER.add_config_arguments(p, required=True)
         p.set_defaults(func=func)
     parser.set_defaults(func=lambda a: (parser.print_help(), 1)[1])
     return parser
 
 
-def load(args: argparse.Namespace):
-    from core.config import load_config
-    from papers.basq.config import BASQConfig
+def smoke(out_dir: Path) -> Path:
+    """Teacher, supernet, a 3-fold search and fine-tuning on the digits config shrunk to seconds;
+    returns its results.json."""
+    from papers.basq.finetune import run_finetune
+    from papers.basq.search import run_search
+    from papers.basq.supernet import run_supernet
 
-    return load_config(BASQConfig, args.config, args.overrides)
+    cfg = PAPER.load_config("digits", [f"run.out_dir={out_dir}", *TINY])
+    run_supernet(cfg)
+    run_search(cfg)
+    run_finetune(cfg)
+    return Path(cfg.run.out_dir) / "finetune" / "results.json"
+
+
+def _load(args: argparse.Namespace):
+    return PAPER.load_config(args.config, args.overrides)
 
 
 def _cmd_supernet(args: argparse.Namespace) -> int:
     from papers.basq.supernet import run_supernet
 
-    run_supernet(load(args))
+    run_supernet(_load(args))
     return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from papers.basq.search import run_search
 
-    run_search(load(args))
+    run_search(_load(args))
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from papers.basq.finetune import run_finetune
 
-    run_finetune(load(args))
+    run_finetune(_load(args))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from papers.basq.report import run_report
 
-    print(run_report(load(args)))
+    print(run_report(_load(args)))
     return 0

@@ -1,4 +1,4 @@
-"""Pieces the three BASQ stages share: the supernet, data, the teacher, stage identities, checkpoints."""
+"""Pieces the three BASQ stages share: the supernet, data, stage identities, the trained supernet."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.data import build_dataset_from_config, build_loader, dataset_info
-from core.engine import Checkpointer, check_producer, config_identity, get_info
+from core.engine import (
+    Checkpointer,
+    check_producer,
+    config_identity,
+    get_info,
+    input_size_of,
+    num_classes_for,
+    per_rank_batch,
+)
 from core.errors import CheckpointError
 from core.nn import quantize_model
 from papers.basq.config import BASQConfig
@@ -26,22 +33,23 @@ STAGE_SECTIONS = {
 
 
 def stage_identity(cfg: BASQConfig, stage: str) -> dict:
+    if stage == "finetune":  # everything; which folds a call fine-tunes does not change a fold's run
+        return config_identity(cfg, exclude=["finetune.folds"])
     return config_identity(cfg, sections=STAGE_SECTIONS[stage])
 
 
 def num_classes(cfg: BASQConfig) -> int:
-    return cfg.model.num_classes or dataset_info(cfg.data.name).num_classes
+    return num_classes_for(cfg.model, cfg.data.name)
 
 
 def input_size(cfg: BASQConfig) -> tuple[int, int, int]:
-    info = dataset_info(cfg.data.name)
-    size = cfg.data.image_size or info.default_image_size
-    return (info.in_channels, size, size)
+    return input_size_of(cfg.data)
 
 
 def build_supernet(cfg: BASQConfig) -> tuple[nn.Module, list[str]]:
     """The student network with BASQ's quantizers (``cfg.quant``); returns it and its quantized layers."""
-    model = build_network(cfg.model.name, num_classes(cfg), **cfg.model.kwargs)
+    model = build_network(cfg.model.name, num_classes(cfg), pretrained=cfg.model.pretrained,
+                          **cfg.model.kwargs)
     q = cfg.quant
     spec = basq_spec(q.bits, lambdas=q.lambdas, clip_layers=q.clip_layers, clip_init=q.clip_init,
                      clip_step=q.clip_step, lsq_grad_scale=q.lsq_grad_scale,
@@ -49,19 +57,15 @@ def build_supernet(cfg: BASQConfig) -> tuple[nn.Module, list[str]]:
     return model, quantize_model(model, spec)
 
 
-def datasets(cfg: BASQConfig) -> tuple[Any, Any]:
-    return build_dataset_from_config(cfg.data, "train"), build_dataset_from_config(cfg.data, "val")
+def train_loader(cfg: BASQConfig, dataset: Any, batch_size: int | None, key: str) -> Any:
+    """The stage's global batch (``batch_size``, named ``key`` in errors, or ``data.batch_size``) split
+    over the ranks; shuffled with ``run.seed``."""
+    from core.data import build_loader
 
-
-def train_loader(cfg: BASQConfig, dataset: Any, batch_size: int | None) -> Any:
-    """The global batch (``batch_size`` or ``data.batch_size``) split over the ranks."""
-    per_rank = max(1, (batch_size or cfg.data.batch_size) // get_info().world_size)
+    world = get_info().world_size
+    per_rank = per_rank_batch(batch_size or cfg.data.batch_size, world,
+                              key if batch_size else "data.batch_size")
     return build_loader(dataset, per_rank, train=True, workers=cfg.data.workers, seed=cfg.run.seed)
-
-
-def val_loader(cfg: BASQConfig, dataset: Any) -> Any:
-    per_rank = max(1, (cfg.data.val_batch_size or cfg.data.batch_size) // get_info().world_size)
-    return build_loader(dataset, per_rank, train=False, workers=cfg.data.workers)
 
 
 def stage_model_state(cfg: BASQConfig, stage: str, run_dir: Path, fix: str) -> dict:

@@ -12,19 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from core.config import DataConfig, OptimConfig, RunConfig, ScheduleConfig, require, require_range
+from core.config import (
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    require,
+    require_range,
+)
 from papers.basq.evolution import EvolutionSettings
 from papers.basq.layers import LAMBDAS
-
-
-@dataclass
-class ModelConfig:
-    """The student network: ``name`` of :data:`papers.basq.models.MODELS` or any ``core.models`` name;
-    ``kwargs`` for its constructor (e.g. ``block: standard``); ``num_classes=None``: the dataset's."""
-
-    name: str = "basq_mobilenet_v2"
-    kwargs: dict = field(default_factory=dict)
-    num_classes: int | None = None
 
 
 @dataclass
@@ -129,8 +128,11 @@ class FinetuneConfig:
 
 
 @dataclass
-class BASQConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class BASQConfig(ExperimentConfig):
+    """``model``: the student, a name of :data:`papers.basq.models.MODELS` (``kwargs``: e.g.
+    ``block: standard``) or of ``core.models``."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="basq_mobilenet_v2"))
     data: DataConfig = field(default_factory=lambda: DataConfig(name="imagenet", batch_size=768))
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/basq"))
     quant: QuantConfig = field(default_factory=QuantConfig)
@@ -138,7 +140,6 @@ class BASQConfig:
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    table_row: str | None = None
 
     @property
     def out(self) -> Path:

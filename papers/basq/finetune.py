@@ -22,19 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.data import build_dataset_from_config
 from core.engine import (
     Trainer,
+    accuracy,
     build_optimizer,
     build_scheduler,
-    config_identity,
-    init_distributed,
     log,
-    seed_everything,
+    setup_process,
     trainer_kwargs,
 )
-from core.engine.trainer import accuracy
-from core.nn.losses import distillation_loss
-from papers.basq.common import datasets, load_supernet, train_loader
+from core.nn import distillation_loss
+from papers.basq.common import load_supernet, stage_identity, train_loader
 from papers.basq.config import BASQConfig
 from papers.basq.folds import dataset_targets, heldout_loader, make_splits
 from papers.basq.layers import BranchBatchNorm2d, searchable_blocks, set_selection
@@ -48,7 +47,8 @@ def finetune_param_groups(model: nn.Module, trainable: str = "paper") -> list[di
     model.requires_grad_(False)
     unused = {id(bn) for m in model.modules() if isinstance(m, BranchBatchNorm2d) for bn in m.bns
               if bn is not m.selected}
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in unused]
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in unused]
     params = [bn.bias for bn in bns if bn.bias is not None]
     if trainable == "paper":
         params += [bn.weight for bn in bns if bn.weight is not None]
@@ -65,7 +65,8 @@ def finetune_param_groups(model: nn.Module, trainable: str = "paper") -> list[di
         clips.setdefault(j, []).append(conv.act_quantizer.alpha)
         lambdas[j] = conv.lambdas[j]
     groups = [{"params": params, "weight_decay": 0.0, "name": "batchnorm"}]
-    groups += [{"params": clips[j], "weight_decay": lambdas[j], "name": f"clips_lambda{j}"} for j in sorted(clips)]
+    groups += [{"params": clips[j], "weight_decay": lambdas[j], "name": f"clips_lambda{j}"}
+               for j in sorted(clips)]
     for g in groups:
         for p in g["params"]:
             p.requires_grad_(True)
@@ -91,12 +92,13 @@ class FinetuneTrainer(Trainer):
         return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach(), targets)}
 
 
-def reported_accuracy(before: float, epochs: list[float], rule: str) -> float:
-    """The fold's accuracy under ``finetune.report`` (module docstring)."""
+def reported_accuracy(before: dict, epochs: list[dict], rule: str) -> dict:
+    """The fold's ``{"top1", "top5"}`` under ``finetune.report`` (module docstring): the last epoch's, or
+    the one with the best top-1 among before fine-tuning and each epoch (the earliest on ties)."""
     if rule == "final":
         return epochs[-1] if epochs else before
     if rule == "best_of_epochs":
-        return max([before, *epochs])
+        return max([before, *epochs], key=lambda r: r["top1"])
     raise ValueError(f"finetune.report must be 'final' or 'best_of_epochs', got {rule!r}")
 
 
@@ -107,27 +109,25 @@ def finetune_fold(cfg: BASQConfig, fold: dict, heldout: Any, train_set: Any, dev
     model = load_supernet(cfg, device)
     set_selection(model, fold["selection"])
     groups = finetune_param_groups(model, ft.trainable)
-    loader = train_loader(cfg, train_set, ft.batch_size)
+    loader = train_loader(cfg, train_set, ft.batch_size, "finetune.batch_size")
     optimizer = build_optimizer(ft.optim, groups)
     kw = trainer_kwargs(cfg.run, ft.optim)
     kw["run_dir"] = cfg.out / "finetune" / f"fold{fold['index']}"
     trainer = FinetuneTrainer(model, optimizer, loader, heldout, epochs=ft.schedule.epochs,
                               schedulers=build_scheduler(ft.schedule, optimizer, len(loader)), device=device,
-                              config=cfg, identity=_identity(cfg), teacher=teacher,
+                              config=cfg, identity=stage_identity(cfg, "finetune"), teacher=teacher,
                               temperature=cfg.supernet.temperature, **kw)
     trainer.fit()
-    epochs = [r["val_top1"] for r in trainer.history if "val_top1" in r]
-    before = fold["heldout_top1_before_finetune"]
-    top1 = reported_accuracy(before, epochs, ft.report)
-    log(f"fold {fold['index']}: held-out top-1 {before:.2f} before fine-tuning, "
-        f"{' / '.join(f'{a:.2f}' for a in epochs)} after each epoch; reported ({ft.report}) {top1:.2f}")
+    epochs = [{"top1": r["val_top1"], "top5": r["val_top5"]} for r in trainer.history if "val_top1" in r]
+    before = {"top1": fold["heldout_top1_before_finetune"], "top5": fold["heldout_top5_before_finetune"]}
+    reported = reported_accuracy(before, epochs, ft.report)
+    log(f"fold {fold['index']}: held-out top-1 {before['top1']:.2f} before fine-tuning, "
+        f"{' / '.join(format(e['top1'], '.2f') for e in epochs)} after each epoch; reported ({ft.report}) "
+        f"{reported['top1']:.2f}")
     return {"index": fold["index"], "selection": fold["selection"], "fold_top1": fold["fold_top1"],
-            "heldout_top1_before_finetune": before, "heldout_top1_epochs": epochs, "top1": top1,
-            "wall_time_s": trainer.wall_time_s}
-
-
-def _identity(cfg: BASQConfig) -> dict:
-    return config_identity(cfg, exclude=["finetune.folds"])
+            "heldout_top1_before_finetune": before["top1"],
+            "heldout_top1_epochs": [e["top1"] for e in epochs],
+            "top1": reported["top1"], "top5": reported["top5"], "wall_time_s": trainer.wall_time_s}
 
 
 def run_finetune(cfg: BASQConfig) -> dict:
@@ -136,10 +136,10 @@ def run_finetune(cfg: BASQConfig) -> dict:
     from papers.basq.report import write_results
 
     t0 = time.perf_counter()
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    info = setup_process(cfg.run)
     search = load_search(cfg)
-    train_set, val_set = datasets(cfg)
+    train_set = build_dataset_from_config(cfg.data, "train")
+    val_set = build_dataset_from_config(cfg.data, "val", augment=False)
     s = cfg.search
     splits = {sp.index: sp for sp in make_splits(dataset_targets(val_set), s.protocol, s.folds, s.fold_split,
                                                   s.spos_fraction, cfg.run.seed)}
@@ -155,5 +155,5 @@ def run_finetune(cfg: BASQConfig) -> dict:
             continue
         heldout = heldout_loader(val_set, splits[fold["index"]].heldout, s.batch_size, cfg.data.workers)
         records.append(finetune_fold(cfg, fold, heldout, train_set, info.device, teacher))
-    return write_results(cfg, search, records, time.perf_counter() - t0)
+    return write_results(cfg, info, search, records, time.perf_counter() - t0)
 

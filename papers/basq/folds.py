@@ -117,8 +117,9 @@ class CachedBatches:
         return len(self.batches)
 
 
-def heldout_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int = 0) -> DataLoader:
-    """An evaluation loader over ``indices`` of ``dataset`` (sharded over DDP ranks, ``batch_size`` global)."""
+def heldout_loader(dataset: Dataset, indices: Sequence[int], batch_size: int,
+                   workers: int = 0) -> DataLoader:
+    """An evaluation loader over ``indices`` of ``dataset`` (sharded over DDP ranks; global batch)."""
     from core.data import build_loader
     from core.engine import get_info
 

@@ -3,7 +3,6 @@ BitOPs under the ``basq`` convention (Table 5: binary BitOPs times ``b_w * b_a``
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -40,52 +39,51 @@ def bitops(cfg: BASQConfig) -> Any:
     return count(model, input_size(cfg), convention="basq")
 
 
-def write_results(cfg: BASQConfig, search: dict, records: list[dict], seconds: float) -> dict:
-    """``<run.out_dir>/finetune/results.json``: the per-fold records and their mean (rank 0 writes)."""
-    import platform
+def write_results(cfg: BASQConfig, info: Any, search: dict, records: list[dict], seconds: float) -> dict:
+    """``<run.out_dir>/finetune/results.json`` (a ``core.results.RunResult``): ``metrics`` are the means
+    over the folds (Alg. 1 part 3, line 10), ``extra`` holds the per-fold records; printed as Table 2."""
+    import dataclasses
 
-    import torch
+    from core.bops import count
+    from core.engine import barrier, is_main
+    from core.policy import BitPolicy
+    from core.results import run_result
+    from core.results import write_results as write_run_result
+    from papers.basq.common import build_supernet, input_size
 
-    from core.engine import barrier, code_version, get_info, is_main
-    from core.io import atomic_write_json
-
-    info = get_info()
-    counts = bitops(cfg)
-    top1 = fold_average([r["top1"] for r in records])
-    results = {
-        "paper": "BASQ (ECCV 2022)", "method": "basq", "table_row": cfg.table_row, "model": cfg.model.name,
-        "dataset": cfg.data.name, "bits": cfg.quant.bits, "protocol": cfg.search.protocol,
-        "report_rule": cfg.finetune.report, "top1": top1, "folds": records,
-        "bops_convention": counts.convention, "bitops": counts.bops, "macs": counts.macs,
-        "params": counts.params, "wall_time_s": {"search": search.get("seconds"), "finetune": seconds},
-        "device": str(info.device), "world_size": info.world_size, "seed": cfg.run.seed,
-        "code_version": code_version(), "python": platform.python_version(), "torch": torch.__version__,
-        "config": json.loads(json.dumps(_config_dict(cfg), default=str)),
-    }
+    model, names = build_supernet(cfg)
+    bits = cfg.quant.bits
+    selections = {str(r["index"]): r["selection"] for r in records}
+    policy = BitPolicy({n: (bits, bits) for n in names},
+                       meta={"method": "basq", "selections": selections, "lambdas": list(cfg.quant.lambdas)})
+    extra = {"bits": bits, "protocol": cfg.search.protocol, "fold_split": cfg.search.fold_split,
+             "report_rule": cfg.finetune.report, "folds": records,
+             "top1_before_finetune": fold_average([r["heldout_top1_before_finetune"] for r in records])}
+    result = run_result(cfg, info, paper="basq", method="basq", report=count(model, input_size(cfg),
+                                                                             convention="basq"),
+                        metrics={"top1": fold_average([r["top1"] for r in records]),
+                                 "top5": fold_average([r["top5"] for r in records])},
+                        wall_time_s={"search": float(search.get("seconds") or 0.0), "finetune": seconds},
+                        policy=policy, extra=extra)
+    path = cfg.out / "finetune" / "results.json"
+    write_run_result(path, result)
+    data = dataclasses.asdict(result)
     if is_main():
-        atomic_write_json(cfg.out / "finetune" / "results.json", results)
-        print(render(results))
+        print(render(data))
     barrier()
-    return results
-
-
-def _config_dict(cfg: BASQConfig) -> dict:
-    from core.config import config_to_dict
-
-    return config_to_dict(cfg)
+    return data
 
 
 def render(results: dict) -> str:
-    """The fold table and the summary lines of a ``results.json``."""
-    folds = results["folds"]
-    label = f"A{results['bits']}/W{results['bits']}"
-    lines = [fold_table([(label, [f["top1"] for f in folds])])]
-    before = [f["heldout_top1_before_finetune"] for f in folds]
-    lines.append(fold_table([("before", before)]).splitlines()[1])
-    lines.append(f"{results['protocol']} protocol, fold accuracy = {results['report_rule']}; mean top-1 "
-                 f"{results['top1']:.2f} ({fold_average(before):.2f} before fine-tuning)")
-    lines.append(f"BitOPs ({results['bops_convention']}): {results['bitops'] / 1e9:.4f} G "
-                 f"({results['macs'] / 1e9:.4f} G binary BitOPs x {results['bits']}^2)")
+    """The fold table and the summary lines of a BASQ ``results.json``."""
+    extra, counts = results["extra"], results["counts"]
+    folds, bits = extra["folds"], extra["bits"]
+    lines = [fold_table([(f"A{bits}/W{bits}", [f["top1"] for f in folds]),
+                         ("before", [f["heldout_top1_before_finetune"] for f in folds])])]
+    lines.append(f"{extra['protocol']} protocol, fold accuracy = {extra['report_rule']}; mean top-1 "
+                 f"{results['metrics']['top1']:.2f} ({extra['top1_before_finetune']:.2f} before fine-tuning)")
+    lines.append(f"BitOPs ({counts['convention']}): {counts['bops'] / 1e9:.4f} G "
+                 f"({counts['macs'] / 1e9:.4f} G binary BitOPs x {bits}^2)")
     return "\n".join(lines)
 
 
@@ -94,13 +92,17 @@ def run_report(cfg: BASQConfig) -> str:
     when fine-tuning has not run), BitOPs and the selected clips."""
     results_path = cfg.out / "finetune" / "results.json"
     if results_path.is_file():
-        text = render(json.loads(results_path.read_text()))
+        from core.io import read_json
+
+        text = render(read_json(results_path, "BASQ results", "run `mpq basq finetune` with this config"))
     else:
         search_path = cfg.out / "search" / "search.json"
         if not search_path.is_file():
             raise ConfigError(f"nothing to report in {cfg.out}: run `mpq basq supernet`, `search` and "
                               "`finetune` with this config first")
-        folds = json.loads(search_path.read_text())["folds"]
+        from core.io import read_json
+
+        folds = read_json(search_path, "BASQ search results", "run `mpq basq search`")["folds"]
         counts = bitops(cfg)
         text = "\n".join([
             "search only (fine-tuning has not run):",

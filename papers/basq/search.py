@@ -13,7 +13,6 @@ already done) and ``search.json`` with every fold; single process (``torchrun`` 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.engine import RunDir, init_distributed, log, seed_everything
+from core.data import build_dataset_from_config
+from core.engine import RunDir, check_producer, evaluate, log, reestimate_bn_statistics, setup_process
 from core.errors import ConfigError
-from core.io import atomic_write_json
-from papers.basq.common import datasets, load_supernet, stage_identity, train_loader
+from core.io import atomic_write_json, read_json
+from papers.basq.common import load_supernet, stage_identity, train_loader
 from papers.basq.config import BASQConfig
 from papers.basq.evolution import EvolutionSearch
 from papers.basq.folds import CachedBatches, Split, dataset_targets, heldout_loader, make_splits, top1
@@ -44,8 +44,6 @@ class SelectedBNRecalibration:
                          for m in self.branch_bns for bn in m.bns}
 
     def __call__(self) -> None:
-        from core.engine.bn import reestimate_bn_statistics
-
         reestimate_bn_statistics(self.model, self.loader, self.images, self.device)
         for m in self.branch_bns:  # reset by the re-estimation but not used: restore them
             for bn in m.bns:
@@ -72,39 +70,41 @@ def search_fold(model: nn.Module, split: Split, val_set: Any, cfg: BASQConfig, d
     set_selection(model, result.best)
     if recalibrate is not None:
         recalibrate()
-    heldout = top1(model, heldout_loader(val_set, split.heldout, s.batch_size, cfg.data.workers), device)
+    loader = heldout_loader(val_set, split.heldout, s.batch_size, cfg.data.workers)
+    heldout = evaluate(model, loader, device, desc=f"fold {split.index} held-out")
     log(f"fold {split.index}: best {list(result.best)} top-1 {result.best_fitness:.2f} on the fold "
-        f"({len(split.search)} images), {heldout:.2f} on the held-out {len(split.heldout)} images; "
+        f"({len(split.search)} images), {heldout['top1']:.2f} on the held-out {len(split.heldout)} images; "
         f"{len(result.evaluated)} candidates in {result.seconds:.1f} s")
     return {**split.to_dict(), "selection": list(result.best), "fold_top1": result.best_fitness,
-            "heldout_top1_before_finetune": heldout, "clips": selected_clips(model),
+            "heldout_top1_before_finetune": heldout["top1"], "heldout_top5_before_finetune": heldout["top5"],
+            "clips": selected_clips(model),
             "best_so_far": result.best_so_far, "history": result.history,
             "evaluated": len(result.evaluated), "seconds": result.seconds}
 
 
 def run_search(cfg: BASQConfig) -> Path:
     """Every fold's search; writes and returns ``<run.out_dir>/search/search.json``."""
-    info = init_distributed(cfg.run.device)
+    info = setup_process(cfg.run)
     if info.world_size > 1:
         raise ConfigError("mpq basq search runs in one process: start it without torchrun")
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
     out_dir = cfg.out / "search"
     with RunDir(out_dir).open(stage_identity(cfg, "search"), cfg.run.resume, cfg) as run:
         t0 = time.perf_counter()
         model = load_supernet(cfg, info.device).eval()
-        train_set, val_set = datasets(cfg)
+        val_set = build_dataset_from_config(cfg.data, "val", augment=False)
         s = cfg.search
         splits = make_splits(dataset_targets(val_set), s.protocol, s.folds, s.fold_split, s.spos_fraction,
                              cfg.run.seed)
         recalibrate = None
         if s.bn_recalibration_images > 0:
-            recalibrate = SelectedBNRecalibration(model, train_loader(cfg, train_set, None),
-                                                  s.bn_recalibration_images, info.device)
+            train_set = build_dataset_from_config(cfg.data, "train")
+            loader = train_loader(cfg, train_set, None, "data.batch_size")
+            recalibrate = SelectedBNRecalibration(model, loader, s.bn_recalibration_images, info.device)
         folds = []
         for split in splits:
             path = out_dir / f"fold{split.index}.json"
             if path.is_file():
-                folds.append(json.loads(path.read_text()))
+                folds.append(read_json(path, "fold search result", "delete it to search the fold again"))
                 log(f"fold {split.index}: done before ({path})")
                 continue
             record = search_fold(model, split, val_set, cfg, info.device, recalibrate)
@@ -124,12 +124,10 @@ def run_search(cfg: BASQConfig) -> Path:
 
 def load_search(cfg: BASQConfig) -> dict:
     """``search.json`` of this config's run, after checking that the search belongs to this config."""
-    from core.engine import check_producer
-
     path = cfg.out / "search" / "search.json"
     if not path.is_file():
         raise ConfigError(f"no search results at {path}; run `mpq basq search` with this config first")
-    data = json.loads(path.read_text())
+    data = read_json(path, "BASQ search results", "run `mpq basq search` with this config")
     check_producer(data.get("producer"), stage_identity(cfg, "search"), what=f"search in {path}",
                    fix="run `mpq basq search` with this config")
     return data

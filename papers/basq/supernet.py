@@ -15,36 +15,35 @@ clips of branch ``j`` of every block, decayed with ``lambda_j``; cosine schedule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from core.data import build_dataset_from_config
 from core.engine import (
     Trainer,
+    accuracy,
     build_optimizer,
     build_scheduler,
-    init_distributed,
     log,
-    seed_everything,
+    setup_process,
     trainer_kwargs,
 )
-from core.engine.trainer import accuracy
 from core.errors import ConfigError
-from core.nn import freeze_full_precision_quantizers, quantizable_layers
-from core.nn.losses import distillation_loss
-from papers.basq.common import (
-    build_supernet,
-    datasets,
-    num_classes,
-    stage_identity,
-    stage_model_state,
-    train_loader,
-    val_loader,
-)
+from core.nn import distillation_loss, freeze_full_precision_quantizers, quantizable_layers
+from papers.basq.common import build_supernet, num_classes, stage_identity, stage_model_state, train_loader
 from papers.basq.config import BASQConfig, StageConfig
-from papers.basq.layers import clip_param_groups, clip_parameters, sample_selection, search_space, set_selection
+from papers.basq.folds import heldout_loader
+from papers.basq.layers import (
+    clip_param_groups,
+    clip_parameters,
+    sample_selection,
+    search_space,
+    set_selection,
+)
 from papers.basq.models import build_network
 
 
@@ -103,32 +102,37 @@ class SupernetTrainer(Trainer):
                 for j, params in enumerate(clip_parameters(self.module))}
 
 
-def prepare_teacher(cfg: BASQConfig, device: torch.device) -> nn.Module:
-    """The teacher: ``teacher.checkpoint`` loaded, or (without one) ``teacher.name`` trained with hard
-    labels into ``<run.out_dir>/teacher`` (resumed / reused when it is there) - returned in eval mode."""
+def prepare_teacher(cfg: BASQConfig, device: torch.device, train_set: Any = None, val_set: Any = None,
+                    model: nn.Module | None = None) -> nn.Module:
+    """The teacher in eval mode: ``teacher.checkpoint`` loaded, or (without one) ``model`` (default:
+    ``teacher.name``) trained with hard labels into ``<run.out_dir>/teacher`` (resumed, or reused when
+    finished) on ``train_set`` (default: ``data``'s), evaluated on ``val_set``."""
     t = cfg.teacher
     if t.checkpoint:
-        model = build_network(t.name, num_classes(cfg), pretrained=t.checkpoint, **t.kwargs)
-    else:
+        return build_network(t.name, num_classes(cfg), pretrained=t.checkpoint, **t.kwargs).to(device).eval()
+    if model is None:
         model = build_network(t.name, num_classes(cfg), **t.kwargs)
-        train_set, val_set = datasets(cfg)
-        loader = train_loader(cfg, train_set, t.batch_size)
-        optimizer = build_optimizer(t.optim, model.parameters())
-        kw = trainer_kwargs(cfg.run, t.optim)
-        kw["run_dir"] = cfg.out / "teacher"
-        trainer = Trainer(model, optimizer, loader, val_loader(cfg, val_set), epochs=t.schedule.epochs,
-                          schedulers=build_scheduler(t.schedule, optimizer, len(loader)), device=device,
-                          config=cfg, identity=stage_identity(cfg, "teacher"), **kw)
-        last = trainer.fit()
-        model = trainer.module
-        log(f"teacher {t.name}: val top-1 {last.get('val_top1', float('nan')):.2f}")
-    return model.to(device).eval()
+    if train_set is None:
+        train_set = build_dataset_from_config(cfg.data, "train")
+        val_set = build_dataset_from_config(cfg.data, "val", augment=False)
+    loader = train_loader(cfg, train_set, t.batch_size, "teacher.batch_size")
+    optimizer = build_optimizer(t.optim, model.parameters())
+    kw = trainer_kwargs(cfg.run, t.optim)
+    kw["run_dir"] = cfg.out / "teacher"
+    val = heldout_loader(val_set, range(len(val_set)), cfg.search.batch_size, cfg.data.workers) \
+        if val_set is not None else None
+    trainer = Trainer(model, optimizer, loader, val, epochs=t.schedule.epochs,
+                      schedulers=build_scheduler(t.schedule, optimizer, len(loader)), device=device,
+                      config=cfg, identity=stage_identity(cfg, "teacher"), **kw)
+    last = trainer.fit()
+    log(f"teacher: val top-1 {last.get('val_top1', float('nan')):.2f}")
+    return trainer.module.to(device).eval()
 
 
 def _stage_trainer(cfg: BASQConfig, stage: int, model: nn.Module, teacher: nn.Module, train_set: Any,
                    device: torch.device) -> SupernetTrainer:
     st: StageConfig = cfg.supernet.stage1 if stage == 1 else cfg.supernet.stage2
-    loader = train_loader(cfg, train_set, st.batch_size)
+    loader = train_loader(cfg, train_set, st.batch_size, f"supernet.stage{stage}.batch_size")
     optimizer = build_optimizer(st.optim, supernet_param_groups(model, st.optim.weight_decay))
     kw = trainer_kwargs(cfg.run, st.optim)
     kw["run_dir"] = cfg.out / "supernet" / f"stage{stage}"
@@ -139,23 +143,30 @@ def _stage_trainer(cfg: BASQConfig, stage: int, model: nn.Module, teacher: nn.Mo
                            seed=cfg.run.seed, stage=stage, **kw)
 
 
-def run_supernet(cfg: BASQConfig) -> Path:
-    """Both stages (each resumable with ``run.resume=auto``; runnable under torchrun); returns stage 2's
-    run directory."""
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    teacher = prepare_teacher(cfg, info.device)
-    train_set, _ = datasets(cfg)
-    model, _ = build_supernet(cfg)
+def train_supernet(cfg: BASQConfig, build: Callable[[], nn.Module], teacher: nn.Module, train_set: Any,
+                   device: torch.device) -> nn.Module:
+    """Both stages on ``build()`` (a fresh quantized supernet), each resumable in
+    ``<run.out_dir>/supernet/stage<n>``; returns the trained supernet."""
+    model = build()
     for _, layer in quantizable_layers(model):  # stage 1: activations only
         layer.w_bits = 32
     freeze_full_precision_quantizers(model)
-    log(f"supernet stage 1: {len(search_space(model))} searchable blocks x {len(cfg.quant.lambdas)} branches, "
-        f"A{cfg.quant.bits} (weights float)")
-    _stage_trainer(cfg, 1, model, teacher, train_set, info.device).fit()
-    model, _ = build_supernet(cfg)  # stage 2: weights quantized, their steps initialised on first use
+    log(f"supernet stage 1: {len(search_space(model))} searchable blocks x {len(cfg.quant.lambdas)} "
+        f"branches, A{cfg.quant.bits} (weights float)")
+    _stage_trainer(cfg, 1, model, teacher, train_set, device).fit()
+    model = build()  # stage 2: weights quantized, their steps initialised on first use
     model.load_state_dict(stage_model_state(cfg, "stage1", cfg.out / "supernet" / "stage1",
                                             "run `mpq basq supernet` again (stage 1 did not finish)"))
     log(f"supernet stage 2: W{cfg.quant.bits}A{cfg.quant.bits}")
-    _stage_trainer(cfg, 2, model, teacher, train_set, info.device).fit()
+    _stage_trainer(cfg, 2, model, teacher, train_set, device).fit()
+    return model
+
+
+def run_supernet(cfg: BASQConfig) -> Path:
+    """Alg. 1 part 1 for ``cfg`` (resumable with ``run.resume=auto``; runnable under torchrun); returns
+    stage 2's run directory."""
+    info = setup_process(cfg.run)
+    teacher = prepare_teacher(cfg, info.device)
+    train_supernet(cfg, lambda: build_supernet(cfg)[0], teacher, build_dataset_from_config(cfg.data, "train"),
+                   info.device)
     return cfg.out / "supernet" / "stage2"

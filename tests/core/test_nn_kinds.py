@@ -12,6 +12,7 @@ from torch import nn
 
 import papers
 from core.errors import ConfigError
+from core.paper import import_layer_kinds
 from core.nn import (
     CompositeConv2d,
     QConv2d,
@@ -26,8 +27,9 @@ from core.nn import (
 )
 from tests.core.toy_kind import TOY_KIND, PairConv2d, PairSelector
 
-for _info in pkgutil.iter_modules(papers.__path__):  # a paper registers its kinds when its package imports
+for _info in pkgutil.iter_modules(papers.__path__):
     importlib.import_module(f"papers.{_info.name}")
+assert import_layer_kinds() == {}  # the registered papers' layer kinds (core.paper.Paper.layer_kinds)
 
 KINDS = list_layer_kinds()
 

@@ -1,0 +1,173 @@
+"""BASQ performance figures for ``mpq bench perf`` (ratios measured in one run; benchmarks, not tests).
+
+- Candidate evaluation in the evolutionary search (``search_fold``'s fitness: set the selection, top-1
+  over the cached fold) against one plain forward over the same fold (goal <= 1.2x); BN re-calibration
+  per candidate (an option) reported separately.
+- The whole 10-fold search (population 45, 20 iterations: up to 945 candidates per fold) at the quick
+  suite's setting (digits, ``digits_resnet`` widths 4/8/16 at 16 px, the 397 validation images), on an
+  untrained supernet (the time does not depend on the weights); goal < 60 s on 2 cores.
+- One supernet step (a sampled selection, the student and the teacher forward, distillation loss,
+  backward, Adam) against one plain LSQ step of the same network (every activation LSQ, no branches,
+  cross-entropy) on the same batch (goal <= 1.3x); also without the teacher's forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+QUICK = {"model": "digits_resnet", "kwargs": {"widths": [4, 8, 16], "blocks": 1}, "image_size": 16}
+
+
+def _median(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _quick_supernet(bits: int = 2, clip_layers: str = "spatial", image_size: int = 16) -> nn.Module:
+    from core.models import build_model
+    from core.nn import quantize_model
+    from papers.basq.layers import LAMBDAS
+    from papers.basq.models import basq_spec
+
+    torch.manual_seed(0)
+    model = build_model(QUICK["model"], num_classes=10, **QUICK["kwargs"])
+    quantize_model(model, basq_spec(bits, lambdas=LAMBDAS, clip_layers=clip_layers))
+    model.train()
+    with torch.no_grad():  # initialise the LSQ steps from data, as the first training step does
+        model(torch.randn(32, 3, image_size, image_size))
+    return model.eval()
+
+
+def _search_config(smoke: bool):
+    from core.config import DataConfig, RunConfig
+    from papers.basq.config import BASQConfig, SearchConfig
+    from papers.basq.evolution import EvolutionSettings
+
+    evolution = EvolutionSettings(population=6, iterations=2, parents=2, crossover=2, mutation=2) if smoke \
+        else EvolutionSettings()
+    return BASQConfig(data=DataConfig(name="digits", workers=0), run=RunConfig(log_every=10**9),
+                      search=SearchConfig(folds=3 if smoke else 10, evolution=evolution))
+
+
+def candidate_evaluation(smoke: bool = False, repeats: int = 20) -> dict:
+    """Seconds per candidate evaluation vs one plain forward over the same fold, and the BN re-calibration."""
+    from core.data import DigitsDataset
+    from papers.basq.folds import CachedBatches, fold_indices, top1
+    from papers.basq.layers import sample_selection, search_space, set_selection
+    from papers.basq.search import SelectedBNRecalibration
+
+    size = 8 if smoke else QUICK["image_size"]
+    model = _quick_supernet(image_size=size)
+    val = DigitsDataset("val", image_size=size)
+    fold = CachedBatches(val, fold_indices(val.targets, 10)[0], 200, "cpu")
+    space, gen = search_space(model), torch.Generator().manual_seed(0)
+
+    def plain() -> None:
+        with torch.no_grad():
+            for x, _ in fold:
+                model(x)
+
+    def candidate() -> None:
+        set_selection(model, sample_selection(space, gen))
+        top1(model, fold)
+
+    repeats = 3 if smoke else repeats
+    t_plain, t_cand = _median(plain, repeats), _median(candidate, repeats)
+    train = DigitsDataset("train", image_size=size)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=False)
+    recal = SelectedBNRecalibration(model, loader, 64 if smoke else 256, torch.device("cpu"))
+    t_recal = _median(recal, 1 if smoke else 5)
+    return {"fold_images": fold.count, "plain_forward_s": t_plain, "candidate_s": t_cand,
+            "ratio": t_cand / t_plain, "bn_recalibration_s": t_recal,
+            "bn_recalibration_images": 64 if smoke else 256}
+
+
+def kfold_search_time(smoke: bool = False) -> dict:
+    """Wall seconds of the whole K-fold search (``search_fold`` on every split) at the quick setting."""
+    from core.data import DigitsDataset
+    from papers.basq.folds import dataset_targets, make_splits
+    from papers.basq.search import search_fold
+
+    size = 8 if smoke else QUICK["image_size"]
+    model = _quick_supernet(image_size=size)
+    cfg = _search_config(smoke)
+    val = DigitsDataset("val", image_size=size)
+    splits = make_splits(dataset_targets(val), "kfold", cfg.search.folds, "contiguous")
+    t0 = time.perf_counter()
+    records = [search_fold(model, split, val, cfg, torch.device("cpu")) for split in splits]
+    total = time.perf_counter() - t0
+    evaluated = sum(r["evaluated"] for r in records)
+    return {"folds": len(records), "candidates": evaluated, "seconds": total,
+            "per_candidate_s": total / max(1, evaluated), "threads": torch.get_num_threads()}
+
+
+def supernet_step(smoke: bool = False, batch_size: int = 64, repeats: int = 10) -> dict:
+    """Median seconds of one supernet step and one plain LSQ step of the same network on one batch."""
+    from core.engine import Trainer
+    from core.models import build_model
+    from papers.basq.supernet import SupernetTrainer, supernet_param_groups
+
+    size = 8 if smoke else QUICK["image_size"]
+    batch = (torch.randn(batch_size, 3, size, size), torch.randint(0, 10, (batch_size,)))
+    teacher = build_model(QUICK["model"], num_classes=10, **QUICK["kwargs"]).eval()
+    repeats = 2 if smoke else repeats
+
+    def step_time(model: nn.Module, trainer_cls: type, **kw) -> float:
+        model.train()
+        opt = torch.optim.Adam(supernet_param_groups(model, 5e-6), lr=1e-3)
+        trainer = trainer_cls(model, opt, [batch], epochs=1, device="cpu", grad_clip=10.0, **kw)
+        return _median(lambda: trainer.train_step(batch), repeats, warmup=2)
+
+    t_lsq = step_time(_quick_supernet(clip_layers="none", image_size=size), Trainer)
+    t_basq = step_time(_quick_supernet(image_size=size), SupernetTrainer, teacher=teacher)
+    with torch.no_grad():
+        t_teacher = _median(lambda: teacher(batch[0]), repeats)
+    return {"batch_size": batch_size, "image_size": size, "lsq_step_s": t_lsq, "supernet_step_s": t_basq,
+            "teacher_forward_s": t_teacher, "ratio": t_basq / t_lsq,
+            "ratio_without_teacher": (t_basq - t_teacher) / t_lsq}
+
+
+def perf_group(smoke: bool = False) -> list[dict]:
+    """``mpq bench perf`` rows."""
+    ev = candidate_evaluation(smoke)
+    search = kfold_search_time(smoke)
+    step = supernet_step(smoke)
+    return [
+        {"name": f"basq candidate evaluation ({ev['fold_images']} images)", "value": ev["candidate_s"],
+         "unit": "s", "baseline": "plain forward over the same fold", "baseline_value": ev["plain_forward_s"],
+         "ratio": ev["ratio"]},
+        {"name": f"basq BN re-calibration per candidate ({ev['bn_recalibration_images']} images, option)",
+         "value": ev["bn_recalibration_s"], "unit": "s", "baseline": "plain forward over the fold",
+         "baseline_value": ev["plain_forward_s"], "ratio": ev["bn_recalibration_s"] / ev["plain_forward_s"]},
+        {"name": f"basq {search['folds']}-fold search ({search['candidates']} candidates, quick setting)",
+         "value": search["seconds"], "unit": "s", "baseline": "goal 60 s", "baseline_value": 60.0,
+         "ratio": search["seconds"] / 60.0},
+        {"name": f"basq supernet step (b{step['batch_size']}, with the teacher forward)",
+         "value": step["supernet_step_s"], "unit": "s", "baseline": "plain LSQ step, same network",
+         "baseline_value": step["lsq_step_s"], "ratio": step["ratio"]},
+        {"name": "basq supernet step without the teacher forward", "value":
+         step["supernet_step_s"] - step["teacher_forward_s"], "unit": "s",
+         "baseline": "plain LSQ step, same network", "baseline_value": step["lsq_step_s"],
+         "ratio": step["ratio_without_teacher"]},
+    ]
+
+
+PERF = {"basq": perf_group}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps({"candidate": candidate_evaluation(), "search": kfold_search_time(),
+                      "step": supernet_step()}, indent=1))
