@@ -68,7 +68,8 @@ def _config(request: SearchRequest, opts: dict[str, Any], bits: int) -> Any:
     adam = OptimConfig(name="adam", lr=float(opts["lr"]), weight_decay=5e-6, grad_clip=10.0)
     stage = StageConfig(optim=adam, schedule=ScheduleConfig(name="cosine", epochs=epochs))
     sgd = OptimConfig(lr=float(opts["teacher_lr"]), weight_decay=5e-4)
-    teacher = TeacherConfig(name="request", optim=sgd, schedule=ScheduleConfig(name="cosine", epochs=epochs))
+    teacher = TeacherConfig(name="request", source="train", optim=sgd,
+                            schedule=ScheduleConfig(name="cosine", epochs=epochs))
     evolution = EvolutionSettings(**{k: opts[k] for k in EVOLUTION_KEYS})
     return BASQConfig(
         model=ModelConfig(name="request", num_classes=request.num_classes),
@@ -86,7 +87,7 @@ def search(request: SearchRequest) -> BitPolicy:
     from core.config import validate_config
     from papers.basq.folds import dataset_targets, make_splits
     from papers.basq.models import basq_spec
-    from papers.basq.search import search_fold
+    from papers.basq.search import quantized_weights_frozen, search_fold
     from papers.basq.supernet import prepare_teacher, train_supernet
 
     unknown = sorted(set(request.options) - set(DEFAULTS))
@@ -112,7 +113,8 @@ def search(request: SearchRequest) -> BitPolicy:
     model = train_supernet(cfg, build, teacher, request.train_set, device).eval()
     splits = make_splits(dataset_targets(request.val_set), "kfold", cfg.search.folds, cfg.search.fold_split,
                          seed=request.seed)
-    folds = [search_fold(model, split, request.val_set, cfg, device) for split in splits]
+    with quantized_weights_frozen(model):
+        folds = [search_fold(model, split, request.val_set, cfg, device) for split in splits]
     heldout = statistics.fmean(f["heldout_top1_before_finetune"] for f in folds)
     request.log(f"basq: {len(folds)} folds, mean held-out top-1 of the supernet {heldout:.2f}")
     meta = {"method": "basq", "bits": bits, "bops": macs * bits * bits, "budget_bops": request.budget_bops,

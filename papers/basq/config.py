@@ -47,12 +47,14 @@ class QuantConfig:
 
 @dataclass
 class TeacherConfig:
-    """The float teacher of the distillation loss. ``checkpoint``: a local weights file (ImageNet: a
-    torchvision ResNet-50). Without one, mpq trains ``name`` with ``optim``/``schedule`` first and keeps it
-    in ``<run.out_dir>/teacher`` (the small configs)."""
+    """The float teacher of the distillation loss. ``source: checkpoint``: ``name`` loaded from the local
+    weights file ``checkpoint`` (ImageNet: a torchvision ResNet-50, as the paper); ``source: train``: mpq
+    trains ``name`` with ``optim``/``schedule`` first and keeps it in ``<run.out_dir>/teacher`` (the small
+    configs)."""
 
     name: str = "resnet50"
     kwargs: dict = field(default_factory=dict)
+    source: Literal["checkpoint", "train"] = "checkpoint"
     checkpoint: str | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", epochs=10))
@@ -144,3 +146,9 @@ class BASQConfig(ExperimentConfig):
     @property
     def out(self) -> Path:
         return Path(self.run.out_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        """``search`` / ``finetune`` directories of the protocol (``search_spos`` for ``spos``), so that
+        both protocols share one supernet run."""
+        protocol = self.search.protocol
+        return self.out / (stage if protocol == "kfold" else f"{stage}_{protocol}")

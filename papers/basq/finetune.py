@@ -112,7 +112,7 @@ def finetune_fold(cfg: BASQConfig, fold: dict, heldout: Any, train_set: Any, dev
     loader = train_loader(cfg, train_set, ft.batch_size, "finetune.batch_size")
     optimizer = build_optimizer(ft.optim, groups)
     kw = trainer_kwargs(cfg.run, ft.optim)
-    kw["run_dir"] = cfg.out / "finetune" / f"fold{fold['index']}"
+    kw["run_dir"] = cfg.stage_dir("finetune") / f"fold{fold['index']}"
     trainer = FinetuneTrainer(model, optimizer, loader, heldout, epochs=ft.schedule.epochs,
                               schedulers=build_scheduler(ft.schedule, optimizer, len(loader)), device=device,
                               config=cfg, identity=stage_identity(cfg, "finetune"), teacher=teacher,

@@ -129,17 +129,21 @@ def heldout_loader(dataset: Dataset, indices: Sequence[int], batch_size: int,
 
 @torch.no_grad()
 def top1(model: nn.Module, batches: Any, device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy (percent) of ``model`` in eval mode over ``(images, targets)`` batches."""
+    """Top-1 accuracy (percent) of ``model`` in eval mode over ``(images, targets)`` batches (a model
+    already in eval mode is left alone: switching modes walks every module, which costs as much as the
+    forward of a small network)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     for images, targets in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         correct += (model(images).argmax(1) == targets).sum()
         total += len(targets)
-    model.train(was_training)
+    if was_training:
+        model.train()
     if total == 0:
         raise ConfigError("fold evaluation: no images to evaluate on")
     return 100.0 * int(correct) / total

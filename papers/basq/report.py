@@ -59,13 +59,16 @@ def write_results(cfg: BASQConfig, info: Any, search: dict, records: list[dict],
     extra = {"bits": bits, "protocol": cfg.search.protocol, "fold_split": cfg.search.fold_split,
              "report_rule": cfg.finetune.report, "folds": records,
              "top1_before_finetune": fold_average([r["heldout_top1_before_finetune"] for r in records])}
+    metrics = {"top1": fold_average([r["top1"] for r in records]),
+               "top5": fold_average([r["top5"] for r in records])}
+    if cfg.search.protocol == "kfold":  # Table 2's columns: set-1 ... set-K
+        metrics.update({f"set_{r['index'] + 1}": r["top1"] for r in records})
     result = run_result(cfg, info, paper="basq", method="basq", report=count(model, input_size(cfg),
                                                                              convention="basq"),
-                        metrics={"top1": fold_average([r["top1"] for r in records]),
-                                 "top5": fold_average([r["top5"] for r in records])},
+                        metrics=metrics,
                         wall_time_s={"search": float(search.get("seconds") or 0.0), "finetune": seconds},
                         policy=policy, extra=extra)
-    path = cfg.out / "finetune" / "results.json"
+    path = cfg.stage_dir("finetune") / "results.json"
     write_run_result(path, result)
     data = dataclasses.asdict(result)
     if is_main():
@@ -90,13 +93,13 @@ def render(results: dict) -> str:
 def run_report(cfg: BASQConfig) -> str:
     """What ``mpq basq report`` prints: the fine-tuned fold table (or the search's held-out accuracies
     when fine-tuning has not run), BitOPs and the selected clips."""
-    results_path = cfg.out / "finetune" / "results.json"
+    results_path = cfg.stage_dir("finetune") / "results.json"
     if results_path.is_file():
         from core.io import read_json
 
         text = render(read_json(results_path, "BASQ results", "run `mpq basq finetune` with this config"))
     else:
-        search_path = cfg.out / "search" / "search.json"
+        search_path = cfg.stage_dir("search") / "search.json"
         if not search_path.is_file():
             raise ConfigError(f"nothing to report in {cfg.out}: run `mpq basq supernet`, `search` and "
                               "`finetune` with this config first")

@@ -14,6 +14,8 @@ already done) and ``search.json`` with every fold; single process (``torchrun`` 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,40 @@ from core.data import build_dataset_from_config
 from core.engine import RunDir, check_producer, evaluate, log, reestimate_bn_statistics, setup_process
 from core.errors import ConfigError
 from core.io import atomic_write_json, read_json
+from core.nn import quantizable_layers
 from papers.basq.common import load_supernet, stage_identity, train_loader
 from papers.basq.config import BASQConfig
 from papers.basq.evolution import EvolutionSearch
 from papers.basq.folds import CachedBatches, Split, dataset_targets, heldout_loader, make_splits, top1
-from papers.basq.layers import BranchBatchNorm2d, search_space, selected_clips, set_selection
+from papers.basq.layers import (
+    BranchBatchNorm2d,
+    search_space,
+    searchable_blocks,
+    selected_clips,
+    set_selection,
+)
+
+
+@contextmanager
+def quantized_weights_frozen(model: nn.Module) -> Iterator[None]:
+    """The search never changes a weight: quantize each layer's weight once, run its weight quantizer as
+    the identity (32 bits) meanwhile, and restore both afterwards. The forward is unchanged (the conv sees
+    the same quantized weight); each candidate evaluation saves the weight quantizers' work."""
+    saved = []
+    with torch.no_grad():
+        for _, layer in quantizable_layers(model):
+            quantizer = layer.weight_quantizer
+            if quantizer.bits < 32:
+                saved.append((layer, layer.weight.detach().clone(), quantizer.bits))
+                layer.weight.copy_(quantizer(layer.weight))
+                quantizer.bits = 32
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight, bits in saved:
+                layer.weight.copy_(weight)
+                layer.weight_quantizer.bits = bits
 
 
 class SelectedBNRecalibration:
@@ -58,12 +89,15 @@ def search_fold(model: nn.Module, split: Split, val_set: Any, cfg: BASQConfig, d
     fold = (CachedBatches(val_set, split.search, s.batch_size, device) if s.cache_fold
             else heldout_loader(val_set, split.search, s.batch_size, cfg.data.workers))
 
+    blocks = searchable_blocks(model)
+
     def fitness(candidate: tuple[int, ...]) -> float:
-        set_selection(model, candidate)
+        set_selection(model, candidate, blocks)
         if recalibrate is not None:
             recalibrate()
         return top1(model, fold, device)
 
+    model.eval()
     rng = np.random.default_rng([cfg.run.seed, split.index])
     result = EvolutionSearch(search_space(model), fitness, s.evolution, rng).run(
         log=lambda msg: log(f"fold {split.index}: {msg}"))
@@ -87,7 +121,7 @@ def run_search(cfg: BASQConfig) -> Path:
     info = setup_process(cfg.run)
     if info.world_size > 1:
         raise ConfigError("mpq basq search runs in one process: start it without torchrun")
-    out_dir = cfg.out / "search"
+    out_dir = cfg.stage_dir("search")
     with RunDir(out_dir).open(stage_identity(cfg, "search"), cfg.run.resume, cfg) as run:
         t0 = time.perf_counter()
         model = load_supernet(cfg, info.device).eval()
@@ -101,15 +135,16 @@ def run_search(cfg: BASQConfig) -> Path:
             loader = train_loader(cfg, train_set, None, "data.batch_size")
             recalibrate = SelectedBNRecalibration(model, loader, s.bn_recalibration_images, info.device)
         folds = []
-        for split in splits:
-            path = out_dir / f"fold{split.index}.json"
-            if path.is_file():
-                folds.append(read_json(path, "fold search result", "delete it to search the fold again"))
-                log(f"fold {split.index}: done before ({path})")
-                continue
-            record = search_fold(model, split, val_set, cfg, info.device, recalibrate)
-            atomic_write_json(path, record)
-            folds.append(record)
+        with quantized_weights_frozen(model):
+            for split in splits:
+                path = out_dir / f"fold{split.index}.json"
+                if path.is_file():
+                    folds.append(read_json(path, "fold search result", "delete it to search the fold again"))
+                    log(f"fold {split.index}: done before ({path})")
+                    continue
+                record = search_fold(model, split, val_set, cfg, info.device, recalibrate)
+                atomic_write_json(path, record)
+                folds.append(record)
         summary = {"protocol": s.protocol, "fold_split": s.fold_split, "folds": folds,
                    "search_space": list(search_space(model)), "lambdas": list(cfg.quant.lambdas),
                    "seconds": time.perf_counter() - t0, "producer": run.producer_record()}
@@ -124,7 +159,7 @@ def run_search(cfg: BASQConfig) -> Path:
 
 def load_search(cfg: BASQConfig) -> dict:
     """``search.json`` of this config's run, after checking that the search belongs to this config."""
-    path = cfg.out / "search" / "search.json"
+    path = cfg.stage_dir("search") / "search.json"
     if not path.is_file():
         raise ConfigError(f"no search results at {path}; run `mpq basq search` with this config first")
     data = read_json(path, "BASQ search results", "run `mpq basq search` with this config")

@@ -104,11 +104,15 @@ class SupernetTrainer(Trainer):
 
 def prepare_teacher(cfg: BASQConfig, device: torch.device, train_set: Any = None, val_set: Any = None,
                     model: nn.Module | None = None) -> nn.Module:
-    """The teacher in eval mode: ``teacher.checkpoint`` loaded, or (without one) ``model`` (default:
-    ``teacher.name``) trained with hard labels into ``<run.out_dir>/teacher`` (resumed, or reused when
-    finished) on ``train_set`` (default: ``data``'s), evaluated on ``val_set``."""
+    """The teacher in eval mode: ``teacher.checkpoint`` loaded (``teacher.source=checkpoint``), or ``model``
+    (default: ``teacher.name``) trained with hard labels into ``<run.out_dir>/teacher`` (resumed, or
+    reused when finished) on ``train_set`` (default: ``data``'s), evaluated on ``val_set``."""
     t = cfg.teacher
-    if t.checkpoint:
+    if t.source == "checkpoint":
+        if not t.checkpoint:
+            raise ConfigError(f"teacher.source=checkpoint needs the teacher's weights: set "
+                              f"teacher.checkpoint=/path/to/{t.name}.pth (a local file; nothing is "
+                              "downloaded), or train one with teacher.source=train")
         return build_network(t.name, num_classes(cfg), pretrained=t.checkpoint, **t.kwargs).to(device).eval()
     if model is None:
         model = build_network(t.name, num_classes(cfg), **t.kwargs)
