@@ -45,8 +45,7 @@ from typing import Any
 
 from core.errors import ConfigError
 
-__all__ = ["GROUP", "Paper", "PaperEntry", "resolve", "load_method", "discover_papers", "get_paper",
-           "import_layer_kinds"]
+__all__ = ["GROUP", "Paper", "PaperEntry", "resolve", "load_method", "discover_papers", "get_paper"]
 
 GROUP = "mpq.papers"
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -234,19 +233,6 @@ def discover_papers() -> list[PaperEntry]:
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal for the others
             found.append(PaperEntry(ep.name, ep.value, None, f"{type(exc).__name__}: {exc}"))
     return found
-
-
-def import_layer_kinds() -> dict[str, str]:
-    """Import every registered paper's ``layer_kinds`` modules, registering their layer kinds (what
-    :func:`core.nn.get_layer_kind` does on an unknown name); returns ``{paper: why}`` for the failures."""
-    failed = {}
-    for entry in discover_papers():
-        try:
-            if entry.paper is not None:
-                entry.paper.import_layer_kinds()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal for the others
-            failed[entry.name] = f"{type(exc).__name__}: {exc}"
-    return failed
 
 
 def get_paper(name: str) -> Paper:

@@ -193,14 +193,29 @@ def get_layer_kind(name: str) -> LayerKind:
     ``layer_kinds`` modules (``core.paper.Paper.layer_kinds``); still unknown: ``ConfigError`` listing
     the registered ones."""
     if name not in LAYER_KINDS:
-        from core.paper import import_layer_kinds
-
-        failed = import_layer_kinds()
+        failed = import_paper_layer_kinds()
         if name not in LAYER_KINDS:
             broken = f"; papers whose layer kinds failed to load: {failed}" if failed else ""
             raise ConfigError(f"unknown layer kind {name!r}; registered layer kinds: {list_layer_kinds()} "
                               f"(a paper declares its kinds in core.paper.Paper.layer_kinds){broken}")
     return LAYER_KINDS[name]
+
+
+def import_paper_layer_kinds() -> dict[str, str]:
+    """Import the ``layer_kinds`` modules of every registered paper (``core.paper.Paper.layer_kinds``,
+    read from the ``mpq.papers`` entry points here so that core.nn does not import core.paper); returns
+    ``{paper: why}`` for those that failed."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    failed = {}
+    for ep in entry_points(group="mpq.papers"):  # core.paper.GROUP
+        try:
+            for module in getattr(ep.load(), "layer_kinds", ()):
+                importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal for the others
+            failed[ep.name] = f"{type(exc).__name__}: {exc}"
+    return failed
 
 
 def list_layer_kinds() -> list[str]:

@@ -11,6 +11,11 @@ from core.errors import ConfigError
 from papers.basq.config import BASQConfig
 
 
+def _si(value: float) -> str:
+    """``6.7051 G`` / ``1.5759 M``."""
+    return f"{value / 1e9:.4f} G" if value >= 1e8 else f"{value / 1e6:.4f} M"
+
+
 def fold_average(values: Sequence[float]) -> float:
     """Alg. 1 part 3, line 10: ``ACC = Average(ACC_1, ..., ACC_K)``."""
     if not values:
@@ -85,8 +90,8 @@ def render(results: dict) -> str:
                          ("before", [f["heldout_top1_before_finetune"] for f in folds])])]
     lines.append(f"{extra['protocol']} protocol, fold accuracy = {extra['report_rule']}; mean top-1 "
                  f"{results['metrics']['top1']:.2f} ({extra['top1_before_finetune']:.2f} before fine-tuning)")
-    lines.append(f"BitOPs ({counts['convention']}): {counts['bops'] / 1e9:.4f} G "
-                 f"({counts['macs'] / 1e9:.4f} G binary BitOPs x {bits}^2)")
+    lines.append(f"BitOPs ({counts['convention']}): {_si(counts['bops'])} "
+                 f"({_si(counts['macs'])} binary BitOPs x {bits}^2)")
     return "\n".join(lines)
 
 
@@ -111,5 +116,5 @@ def run_report(cfg: BASQConfig) -> str:
             "search only (fine-tuning has not run):",
             fold_table([("before", [f["heldout_top1_before_finetune"] for f in folds]),
                         ("fold", [f["fold_top1"] for f in folds])]),
-            f"BitOPs ({counts.convention}): {counts.bops / 1e9:.4f} G"])
+            f"BitOPs ({counts.convention}): {_si(counts.bops)}"])
     return text

@@ -12,7 +12,6 @@ from torch import nn
 
 import papers
 from core.errors import ConfigError
-from core.paper import import_layer_kinds
 from core.nn import (
     CompositeConv2d,
     QConv2d,
@@ -25,11 +24,12 @@ from core.nn import (
     register_layer_kind,
     weight_parameters,
 )
+from core.nn.kinds import import_paper_layer_kinds
 from tests.core.toy_kind import TOY_KIND, PairConv2d, PairSelector
 
 for _info in pkgutil.iter_modules(papers.__path__):
     importlib.import_module(f"papers.{_info.name}")
-assert import_layer_kinds() == {}  # the registered papers' layer kinds (core.paper.Paper.layer_kinds)
+assert import_paper_layer_kinds() == {}  # the registered papers' kinds (core.paper.Paper.layer_kinds)
 
 KINDS = list_layer_kinds()
 
