@@ -130,6 +130,22 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_res else out
 
 
+CONV_INITS = ("official", "torch")
+
+
+@torch.no_grad()
+def init_quantized_convs(model: nn.Module, stem: nn.Module, conv_init: str) -> None:
+    """``official``: every conv but the stem's drawn from U(-0.01, 0.01) (the official ``QtConv``);
+    ``torch``: PyTorch's default initialisation kept."""
+    if conv_init not in CONV_INITS:
+        raise ConfigError(f"conv_init must be one of {list(CONV_INITS)}, got {conv_init!r}")
+    if conv_init == "official":
+        skip = {id(m) for m in stem.modules()}
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and id(m) not in skip:
+                nn.init.uniform_(m.weight, -0.01, 0.01)
+
+
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int, stride: int, act: type[nn.Module]):
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
                          nn.BatchNorm2d(out_channels), act(inplace=True))
@@ -139,11 +155,12 @@ class BasqMobileNetV2(nn.Module):
     """MobileNetV2 as in the official code: stem conv 3x3 (stride ``stem_stride``) -> BN -> ReLU, the
     inverted residuals of ``setting`` (17 at the default), a last 1x1 conv to ``last_channels``, global
     average pooling, dropout 0.2 and the classifier. ``setting`` rows are ``(t, c, n, s)``; the first row
-    is the stem; ``width_mult`` scales every width (rounded to an integer, as the official divisor 1)."""
+    is the stem; ``width_mult`` scales every width (rounded to an integer, as the official divisor 1);
+    ``conv_init``: see :func:`init_quantized_convs`."""
 
     def __init__(self, num_classes: int = 1000, block: str = "basq", width_mult: float = 1.0,
                  setting: Sequence[Sequence[int]] = MBV2_SETTING, stem_stride: int | None = None,
-                 last_channels: int = 1280, dropout: float = 0.2) -> None:
+                 last_channels: int = 1280, dropout: float = 0.2, conv_init: str = "official") -> None:
         super().__init__()
         if block not in BLOCKS:
             raise ConfigError(f"basq_mobilenet_v2 block must be one of {list(BLOCKS)}, got {block!r}")
@@ -170,6 +187,7 @@ class BasqMobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
         self.block = block
+        init_quantized_convs(self, self.features[0], conv_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -190,10 +208,12 @@ class BasqBasicBlock(nn.Module):
 
 class BasqResNet(nn.Module):
     """ResNet of :class:`BasqBasicBlock` stages. ``stem="imagenet"``: conv 7x7/2 -> BN -> ReLU ->
-    max-pool 3x3/2 (torchvision); ``"cifar"``: conv 3x3/1 -> BN -> ReLU."""
+    max-pool 3x3/2 (torchvision); ``"cifar"``: conv 3x3/1 -> BN -> ReLU. ``conv_init``: see
+    :func:`init_quantized_convs`."""
 
     def __init__(self, num_classes: int = 1000, widths: Sequence[int] = (64, 128, 256, 512),
-                 blocks: Sequence[int] = (2, 2, 2, 2), stem: str = "imagenet") -> None:
+                 blocks: Sequence[int] = (2, 2, 2, 2), stem: str = "imagenet",
+                 conv_init: str = "official") -> None:
         super().__init__()
         if len(widths) != len(blocks) or not widths:
             raise ConfigError(f"basq_resnet18: widths {list(widths)} and blocks {list(blocks)} must pair up")
@@ -214,6 +234,7 @@ class BasqResNet(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
+        init_quantized_convs(self, self.stem, conv_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))

@@ -86,7 +86,7 @@ def search_fold(model: nn.Module, split: Split, val_set: Any, cfg: BASQConfig, d
                 recalibrate: SelectedBNRecalibration | None = None) -> dict:
     """Alg. 1 part 2, lines 4-14 for one fold; returns the fold's record."""
     s = cfg.search
-    fold = (CachedBatches(val_set, split.search, s.batch_size, device) if s.cache_fold
+    fold = (CachedBatches(val_set, split.search, s.batch_size, device, cfg.data.workers) if s.cache_fold
             else heldout_loader(val_set, split.search, s.batch_size, cfg.data.workers))
 
     blocks = searchable_blocks(model)

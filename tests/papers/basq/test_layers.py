@@ -225,3 +225,15 @@ def test_mobilenet_v2_has_17_searchable_blocks_and_torchvision_macs():
         report = count(model, (3, 224, 224), convention="basq")
         # torchvision MobileNetV2's 300.8 M MACs without the first conv (10.8 M) and the classifier (1.28 M)
         assert report.macs == 288_656_256
+
+
+def test_conv_init_official_is_uniform_001_except_the_stem():
+    model = build_network("basq_resnet18", 10, widths=[4, 8], blocks=[1, 1], stem="cifar")
+    convs = [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("stem")]
+    assert convs and all(c.weight.abs().max() <= 0.01 for c in convs)
+    assert model.stem[0].weight.abs().max() > 0.01
+    torch_init = build_network("basq_resnet18", 10, widths=[4, 8], blocks=[1, 1], stem="cifar",
+                               conv_init="torch")
+    assert torch_init.layers[0][0].unit1.conv.weight.abs().max() > 0.01
+    with pytest.raises(ConfigError, match="conv_init"):
+        build_network("basq_resnet18", 10, conv_init="kaiming")
