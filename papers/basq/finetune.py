@@ -25,19 +25,19 @@ from torch import nn
 from core.data import build_dataset_from_config
 from core.engine import (
     Trainer,
-    accuracy,
     build_optimizer,
     build_scheduler,
     log,
     setup_process,
     trainer_kwargs,
 )
-from core.nn import distillation_loss
+from core.errors import ConfigError
 from papers.basq.common import load_supernet, stage_identity, train_loader
 from papers.basq.config import BASQConfig
 from papers.basq.folds import dataset_targets, heldout_loader, make_splits
 from papers.basq.layers import BranchBatchNorm2d, searchable_blocks, set_selection
 from papers.basq.search import load_search
+from papers.basq.supernet import distillation_step, prepare_teacher
 
 
 def finetune_param_groups(model: nn.Module, trainable: str = "paper") -> list[dict]:
@@ -57,7 +57,7 @@ def finetune_param_groups(model: nn.Module, trainable: str = "paper") -> list[di
         if linears and linears[-1].bias is not None:
             params.append(linears[-1].bias)
     else:
-        raise ValueError(f"finetune.trainable must be 'paper' or 'official', got {trainable!r}")
+        raise ConfigError(f"finetune.trainable must be 'paper' or 'official', got {trainable!r}")
     clips: dict[int, list[nn.Parameter]] = {}
     lambdas: dict[int, float] = {}
     for _, conv in searchable_blocks(model):
@@ -85,11 +85,7 @@ class FinetuneTrainer(Trainer):
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if self.teacher is None:
             return super().compute_loss(images, targets)
-        logits = self.model(images)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        loss = distillation_loss(logits, teacher_logits, self.temperature)
-        return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach(), targets)}
+        return distillation_step(self.model, self.teacher, images, targets, self.temperature)
 
 
 def reported_accuracy(before: dict, epochs: list[dict], rule: str) -> dict:
@@ -99,7 +95,7 @@ def reported_accuracy(before: dict, epochs: list[dict], rule: str) -> dict:
         return epochs[-1] if epochs else before
     if rule == "best_of_epochs":
         return max([before, *epochs], key=lambda r: r["top1"])
-    raise ValueError(f"finetune.report must be 'final' or 'best_of_epochs', got {rule!r}")
+    raise ConfigError(f"finetune.report must be 'final' or 'best_of_epochs', got {rule!r}")
 
 
 def finetune_fold(cfg: BASQConfig, fold: dict, heldout: Any, train_set: Any, device: torch.device,
@@ -145,8 +141,6 @@ def run_finetune(cfg: BASQConfig) -> dict:
                                                   s.spos_fraction, cfg.run.seed)}
     teacher = None
     if cfg.finetune.loss == "distill":
-        from papers.basq.supernet import prepare_teacher
-
         teacher = prepare_teacher(cfg, info.device)
     wanted = cfg.finetune.folds
     records = []

@@ -147,9 +147,9 @@ def run_search(cfg: BASQConfig) -> Path:
                 folds.append(record)
         summary = {"protocol": s.protocol, "fold_split": s.fold_split, "folds": folds,
                    "search_space": list(search_space(model)), "lambdas": list(cfg.quant.lambdas),
-                   "seconds": time.perf_counter() - t0, "producer": run.producer_record()}
+                   "seconds": time.perf_counter() - t0}
         run.update_record(progress={"finished": True, "folds": len(folds)})
-        summary["producer"] = run.producer_record()
+        summary["producer"] = run.producer_record()  # what `finetune` checks (check_producer)
         atomic_write_json(out_dir / "search.json", summary)
     mean = float(np.mean([f["heldout_top1_before_finetune"] for f in folds]))
     log(f"search: {len(folds)} fold(s); mean held-out top-1 before fine-tuning {mean:.2f}; "

@@ -59,6 +59,17 @@ def supernet_param_groups(model: nn.Module, conv_weight_decay: float) -> list[di
     return [g for g in groups if g["params"]]
 
 
+def distillation_step(model: nn.Module, teacher: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                      temperature: float) -> tuple[torch.Tensor, dict]:
+    """Alg. 1 part 1, lines 3-5: student and teacher forward, the soft cross-entropy between them (the
+    labels only feed the logged top-1)."""
+    logits = model(images)
+    with torch.no_grad():
+        teacher_logits = teacher(images)
+    loss = distillation_loss(logits, teacher_logits, temperature)
+    return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach(), targets)}
+
+
 class SupernetTrainer(Trainer):
     """:class:`core.engine.Trainer` whose step is Alg. 1 part 1 (module docstring).
 
@@ -85,12 +96,8 @@ class SupernetTrainer(Trainer):
         return sample_selection(self.space, gen)
 
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        set_selection(self.module, self.sample())
-        logits = self.model(images)  # line 3
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)  # line 4
-        loss = distillation_loss(logits, teacher_logits, self.temperature)  # line 5 (labels unused)
-        return loss, {"loss": loss.detach(), "top1": accuracy(logits.detach(), targets)}
+        set_selection(self.module, self.sample())  # line 2
+        return distillation_step(self.model, self.teacher, images, targets, self.temperature)
 
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
