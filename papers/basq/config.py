@@ -94,7 +94,9 @@ class SupernetConfig:
 @dataclass
 class SearchConfig:
     """Alg. 1 part 2. ``bn_recalibration_images``: re-estimate the BatchNorm statistics on that many
-    training images before evaluating each candidate (0: never, as the paper and the official code)."""
+    training images before evaluating each candidate (0: never, as the paper and the official code).
+    ``images_per_forward``: a population is evaluated with several candidates per forward, up to this many
+    images (the same accuracies as one forward per candidate; lower it when the device memory is short)."""
 
     protocol: Literal["kfold", "spos"] = "kfold"
     folds: int = 10  # K
@@ -103,10 +105,11 @@ class SearchConfig:
     evolution: EvolutionSettings = field(default_factory=EvolutionSettings)
     batch_size: int = 200  # evaluation batch (official 200)
     cache_fold: bool = True  # keep the search fold's images in memory (on the device)
+    images_per_forward: int = 2048  # several candidates per forward, up to this many images (1: one each)
     bn_recalibration_images: int = 0
 
     def validate(self) -> None:
-        require_range(self, ["folds", "batch_size"], ge=1)
+        require_range(self, ["folds", "batch_size", "images_per_forward"], ge=1)
         require_range(self, "bn_recalibration_images", ge=0)
 
 

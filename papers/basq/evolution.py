@@ -76,11 +76,16 @@ class EvolutionResult:
 
 
 class EvolutionSearch:
-    """One fold's search: ``fitness(candidate) -> accuracy`` (higher is better) over ``space`` (the
+    """One fold's search: ``fitness(candidates) -> [accuracy, ...]`` (higher is better; a whole
+    population at once, so an implementation may evaluate the candidates together) over ``space`` (the
     number of branches of each block; empty: a model without searchable blocks has the one candidate
-    ``()``); ``rng`` a seeded ``numpy.random.Generator``."""
+    ``()``); ``rng`` a seeded ``numpy.random.Generator``.
 
-    def __init__(self, space: Sequence[int], fitness: Callable[[Candidate], float],
+    A population's candidates are all drawn (each operator's children depend on the top-n only, and a
+    child is rejected when it was drawn before, whatever its fitness), then evaluated together; the
+    result is the same as evaluating each on its draw, as the official code does."""
+
+    def __init__(self, space: Sequence[int], fitness: Callable[[list[Candidate]], list[float]],
                  settings: EvolutionSettings, rng: np.random.Generator) -> None:
         if any(int(n) < 1 for n in space):
             raise ConfigError(f"evolution: every block needs at least one branch, got {list(space)}")
@@ -89,6 +94,7 @@ class EvolutionSearch:
         self.size = math.prod(self.space)
         self.fitness, self.s, self.rng = fitness, settings, rng
         self.cache: dict[Candidate, float] = {}
+        self.pending: dict[Candidate, None] = {}  # drawn, not yet evaluated (insertion-ordered)
         self.order: list[Candidate] = []
         self.top: list[Candidate] = []
 
@@ -112,27 +118,44 @@ class EvolutionSearch:
     def _parent(self) -> Candidate:
         return self.top[int(self.rng.integers(len(self.top)))]
 
-    def evaluate(self, candidate: Candidate) -> bool:
-        """Evaluate ``candidate`` unless it was evaluated before in this fold (then ``False``: rejected)."""
-        if candidate in self.cache:
+    def accept(self, candidate: Candidate) -> bool:
+        """Take ``candidate`` for evaluation unless it was drawn before in this fold (then ``False``:
+        rejected, official ``is_legal``)."""
+        if candidate in self.cache or candidate in self.pending:
             return False
-        self.cache[candidate] = float(self.fitness(candidate))
-        self.order.append(candidate)
+        self.pending[candidate] = None
         return True
+
+    def evaluate_pending(self) -> None:
+        """Evaluate every accepted candidate not evaluated yet (one ``fitness`` call)."""
+        if not self.pending:
+            return
+        candidates = list(self.pending)
+        values = self.fitness(candidates)
+        if len(values) != len(candidates):
+            raise ConfigError(f"evolution: fitness returned {len(values)} values for {len(candidates)} "
+                              "candidates")
+        for cand, value in zip(candidates, values):
+            self.cache[cand] = float(value)
+        self.order.extend(candidates)
+        self.pending.clear()
 
     def _draw(self, make: Callable[[], Candidate], wanted: int, max_draws: int) -> list[Candidate]:
         out: list[Candidate] = []
         for _ in range(max_draws):
-            if len(out) >= wanted or len(self.cache) >= self.size:
+            if len(out) >= wanted or len(self.cache) + len(self.pending) >= self.size:
                 break
             cand = make()
-            if self.evaluate(cand):
+            if self.accept(cand):
                 out.append(cand)
         return out
 
     def fill_random(self, population: list[Candidate]) -> list[Candidate]:
+        """``population`` filled up with random candidates, then every new candidate evaluated."""
         need = self.s.population - len(population)
-        return population + self._draw(self.random_candidate, need, 100 * self.s.population)
+        population = population + self._draw(self.random_candidate, need, 100 * self.s.population)
+        self.evaluate_pending()
+        return population
 
     def update_top(self, population: list[Candidate]) -> None:
         """Elitist top-n: the previous top-n then the new candidates, stably sorted by fitness."""

@@ -21,7 +21,8 @@ post-BN) is made per-branch.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -40,11 +41,15 @@ KIND = "basq"
 
 class BranchSelector(nn.Module):
     """Which of a block's ``n`` branches runs (``index``, a Python int: no device sync per forward); kept
-    in ``state_dict`` as extra state, so a saved model remembers its selection."""
+    in ``state_dict`` as extra state, so a saved model remembers its selection.
+
+    ``per_sample`` (eval mode only): a long tensor with one branch index per sample of the batch, so that
+    one forward evaluates several candidates (:func:`per_sample_selection`; ``None``: ``index`` for all)."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
         self.n, self.index = int(n), 0
+        self.per_sample: torch.Tensor | None = None
 
     def select(self, index: int) -> None:
         index = int(index)
@@ -105,8 +110,13 @@ class BranchClipConv2d(nn.Conv2d):
             clip.bits = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        clip = self.clips[self.selector.index]
-        return self._conv_forward(clip(x), self.weight_quantizer(self.weight), self.bias)
+        per_sample = self.selector.per_sample
+        if per_sample is None:
+            x = self.clips[self.selector.index](x)
+        else:  # each sample through its own branch's clip (the branches differ only in the clip value)
+            alpha = torch.stack([c.alpha for c in self.clips])[per_sample].view(-1, 1, 1, 1)
+            x = self.clips[0].quantize_with(x, alpha)
+        return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, **options: Any) -> BranchClipConv2d:
@@ -133,7 +143,17 @@ class BranchBatchNorm2d(nn.Module):
         return self.bns[self.selector.index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bns[self.selector.index](x)
+        per_sample = self.selector.per_sample
+        if per_sample is None:
+            return self.bns[self.selector.index](x)
+        if self.training:
+            raise ConfigError("per-sample branch selection evaluates candidates: it needs eval mode (running "
+                              "statistics)")
+        bn = self.bns[0]  # each sample normalised with its own branch's running statistics and affine
+        mean = torch.stack([b.running_mean for b in self.bns])[per_sample]
+        scale = torch.stack([b.weight / torch.sqrt(b.running_var + bn.eps) for b in self.bns])[per_sample]
+        shift = torch.stack([b.bias for b in self.bns])[per_sample]
+        return (x - mean[:, :, None, None]) * scale[:, :, None, None] + shift[:, :, None, None]
 
 
 def _is_branched(conv: nn.Conv2d, clip_layers: str) -> bool:
@@ -225,6 +245,22 @@ def set_selection(model: nn.Module, selection: Sequence[int],
             raise ConfigError(f"selection entry {j} for block {name}: it has {m.selector.n} branches")
     for (_, m), j in zip(blocks, selection):
         m.selector.select(j)
+
+
+@contextmanager
+def per_sample_selection(blocks: list[tuple[str, BranchClipConv2d]], candidates: Sequence[Sequence[int]],
+                         repeat: int, device: torch.device | str) -> Iterator[None]:
+    """Within the block, a batch of ``len(candidates) * repeat`` samples runs candidate ``c`` on samples
+    ``c * repeat .. (c + 1) * repeat - 1`` (the same images repeated per candidate): one forward evaluates
+    every candidate (eval mode)."""
+    for b, (_, conv) in enumerate(blocks):
+        index = torch.tensor([int(c[b]) for c in candidates], dtype=torch.long, device=device)
+        conv.selector.per_sample = index.repeat_interleave(repeat)
+    try:
+        yield
+    finally:
+        for _, conv in blocks:
+            conv.selector.per_sample = None
 
 
 def sample_selection(space: Sequence[int], generator: torch.Generator) -> tuple[int, ...]:

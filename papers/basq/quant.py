@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError
-from core.quant import kernel
+from core.quant import FULL_PRECISION, kernel
+from core.quant import functional as F
 from core.quant.base import register_quantizer
+from core.quant.grid import IntegerGrid, check_bits
 from core.quant.uniform import PACTQuantizer
 
 CLIP_STEPS = ("paper", "official")
@@ -67,9 +69,23 @@ class ClipQuantizer(PACTQuantizer):
         self.step = step
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantize_with(x, self.alpha)
+
+    def quantize_with(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The quantizer's math with the clip ``alpha`` (a scalar, or a tensor broadcasting against ``x``,
+        e.g. one clip per sample)."""
+        if self.bits >= FULL_PRECISION:
+            return x
         if self.step == "paper":
-            return super().quantize(x)
-        return kernel(official_clip_quant)(x, self.alpha, official_step_fraction(self.bits))
+            return kernel(F.pact_quant)(x, alpha, 2**self.bits - 1, False)
+        return kernel(official_clip_quant)(x, alpha, official_step_fraction(self.bits))
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """The integer grid (``core.export``): step ``d`` of the rule in use, integers ``[0, 2^b - 1]``."""
+        if self.step == "paper":
+            return super().grid(x)
+        check_bits(self.bits, self.name)
+        return IntegerGrid(self.alpha.detach() * official_step_fraction(self.bits), 0, 2**self.bits - 1)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, role={self.role}, step={self.step}"

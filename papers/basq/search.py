@@ -31,7 +31,15 @@ from core.nn import quantizable_layers
 from papers.basq.common import load_supernet, stage_identity, train_loader
 from papers.basq.config import BASQConfig
 from papers.basq.evolution import EvolutionSearch
-from papers.basq.folds import CachedBatches, Split, dataset_targets, heldout_loader, make_splits, top1
+from papers.basq.folds import (
+    CachedBatches,
+    Split,
+    candidates_top1,
+    dataset_targets,
+    heldout_loader,
+    make_splits,
+    top1,
+)
 from papers.basq.layers import (
     BranchBatchNorm2d,
     search_space,
@@ -91,11 +99,15 @@ def search_fold(model: nn.Module, split: Split, val_set: Any, cfg: BASQConfig, d
 
     blocks = searchable_blocks(model)
 
-    def fitness(candidate: tuple[int, ...]) -> float:
-        set_selection(model, candidate, blocks)
-        if recalibrate is not None:
+    def fitness(candidates: list[tuple[int, ...]]) -> list[float]:
+        if recalibrate is None:
+            return candidates_top1(model, blocks, candidates, fold, device, s.images_per_forward)
+        values = []
+        for candidate in candidates:  # each candidate's own BN statistics: one at a time
+            set_selection(model, candidate, blocks)
             recalibrate()
-        return top1(model, fold, device)
+            values.append(top1(model, fold, device))
+        return values
 
     model.eval()
     rng = np.random.default_rng([cfg.run.seed, split.index])

@@ -237,3 +237,48 @@ def test_conv_init_official_is_uniform_001_except_the_stem():
     assert torch_init.layers[0][0].unit1.conv.weight.abs().max() > 0.01
     with pytest.raises(ConfigError, match="conv_init"):
         build_network("basq_resnet18", 10, conv_init="kaiming")
+
+
+@pytest.mark.parametrize("block", ["basq", "standard"])
+@pytest.mark.parametrize("step", ["paper", "official"])
+def test_per_sample_selection_equals_one_forward_per_candidate(block, step):
+    """Several candidates in one forward (each sample through its own branches) give the logits and the
+    accuracies of one forward per candidate."""
+    from papers.basq.folds import candidates_top1, top1
+    from papers.basq.layers import per_sample_selection, sample_selection
+
+    model = build_network("basq_mobilenet_v2", 10, block=block, **SMALL_MBV2)
+    quantize_model(model, basq_spec(2, lambdas=LAMBDAS, clip_step=step))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 8, 8))  # LSQ steps initialised
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    blocks = searchable_blocks(model)
+    for _, conv in blocks:
+        for clip in conv.clips:
+            clip.alpha.data.uniform_(0.5, 3)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    candidates = [sample_selection(search_space(model), gen) for _ in range(5)]
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    with torch.no_grad(), per_sample_selection(blocks, candidates, 6, "cpu"):
+        together = model(x.repeat(5, 1, 1, 1))
+    for i, cand in enumerate(candidates):
+        set_selection(model, cand)
+        with torch.no_grad():
+            torch.testing.assert_close(together[6 * i:6 * (i + 1)], model(x), rtol=1e-5, atol=1e-5)
+    batches = [(x, y), (x.flip(0), y.flip(0))]
+    one_by_one = []
+    for cand in candidates:
+        set_selection(model, cand)
+        one_by_one.append(top1(model, batches))
+    assert candidates_top1(model, blocks, candidates, batches, "cpu", images_per_forward=12) == \
+        pytest.approx(one_by_one)
+    model.train()
+    with pytest.raises(ConfigError, match="eval mode"), per_sample_selection(blocks, candidates, 6, "cpu"):
+        model(x.repeat(5, 1, 1, 1))

@@ -15,7 +15,9 @@ SPACE = (7,) * 6
 
 
 def _search(fitness, settings=None, seed=0, space=SPACE):
-    return EvolutionSearch(space, fitness, settings or EvolutionSettings(), np.random.default_rng(seed))
+    """A search with a per-candidate ``fitness`` (the search calls it with a population at once)."""
+    return EvolutionSearch(space, lambda cands: [fitness(c) for c in cands], settings or EvolutionSettings(),
+                           np.random.default_rng(seed))
 
 
 def test_crossover_takes_each_gene_from_one_of_two_top_parents():
@@ -49,7 +51,9 @@ def test_duplicates_are_rejected_and_every_candidate_is_evaluated_once():
     assert len(calls) == len(set(calls)) == len(result.evaluated)
     assert len(calls) <= 21 * 45 and len(calls) > 20 * 30
     s = _search(fitness)
-    assert s.evaluate((0,) * 6) and not s.evaluate((0,) * 6)
+    assert s.accept((0,) * 6) and not s.accept((0,) * 6)  # drawn twice before its evaluation
+    s.evaluate_pending()
+    assert not s.accept((0,) * 6) and s.cache[(0,) * 6] == 0.0
 
 
 def test_best_so_far_never_decreases_and_the_search_improves_on_random():
@@ -71,7 +75,8 @@ def test_best_so_far_never_decreases_and_the_search_improves_on_random():
 def test_elitist_top_n_keeps_earlier_candidates_on_ties():
     s = _search(lambda c: 1.0, EvolutionSettings(parents=2))
     for c in [(0,) * 6, (1,) * 6, (2,) * 6]:
-        s.evaluate(c)
+        s.accept(c)
+    s.evaluate_pending()
     s.update_top([(0,) * 6, (1,) * 6])
     s.update_top([(2,) * 6])
     assert s.top == [(0,) * 6, (1,) * 6]
