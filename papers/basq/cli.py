@@ -13,10 +13,11 @@ from pathlib import Path
 from papers.basq import PAPER
 
 #: The digits config shrunk to seconds (the smoke run and the end-to-end tests).
-TINY = ["data.image_size=8", "teacher.schedule.epochs=1", "supernet.stage1.schedule.epochs=1",
-        "supernet.stage2.schedule.epochs=1", "search.folds=3", "search.evolution.population=6",
-        "search.evolution.iterations=2", "search.evolution.parents=2", "search.evolution.crossover=2",
-        "search.evolution.mutation=2", "finetune.schedule.epochs=1", "run.log_every=1000"]
+TINY = ["data.image_size=8", "data.batch_size=128", "teacher.schedule.epochs=1",
+        "supernet.stage1.schedule.epochs=1", "supernet.stage2.schedule.epochs=1", "search.folds=3",
+        "search.evolution.population=6", "search.evolution.iterations=2", "search.evolution.parents=2",
+        "search.evolution.crossover=2", "search.evolution.mutation=2", "finetune.schedule.epochs=1",
+        "run.log_every=1000"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
