@@ -105,7 +105,7 @@ class SearchConfig:
     evolution: EvolutionSettings = field(default_factory=EvolutionSettings)
     batch_size: int = 200  # evaluation batch (official 200)
     cache_fold: bool = True  # keep the search fold's images in memory (on the device)
-    images_per_forward: int = 2048  # several candidates per forward, up to this many images (1: one each)
+    images_per_forward: int = 400  # several candidates per forward, up to this many images (1: one each)
     bn_recalibration_images: int = 0
 
     def validate(self) -> None:

@@ -151,12 +151,12 @@ def top1(model: nn.Module, batches: Any, device: torch.device | str | None = Non
 
 @torch.no_grad()
 def candidates_top1(model: nn.Module, blocks: list, candidates: Sequence[Sequence[int]], batches: Any,
-                    device: torch.device | str, images_per_forward: int = 2048) -> list[float]:
+                    device: torch.device | str, images_per_forward: int = 400) -> list[float]:
     """Top-1 (percent) of each candidate selection over ``(images, targets)`` batches, several candidates
     per forward: a batch of ``n`` images is repeated for up to ``images_per_forward // n`` candidates, each
     repetition through its own branches (``layers.per_sample_selection``; eval mode, so every sample is
     normalised with its branch's running statistics and the result equals one forward per candidate)."""
-    from papers.basq.layers import per_sample_selection
+    from papers.basq.layers import per_sample_selection, set_selection
 
     if model.training:
         raise ConfigError("candidates_top1 evaluates in eval mode: call model.eval() first")
@@ -168,8 +168,12 @@ def candidates_top1(model: nn.Module, blocks: list, candidates: Sequence[Sequenc
         k = max(1, images_per_forward // max(1, n))
         for start in range(0, len(candidates), k):
             chunk = candidates[start:start + k]
-            with per_sample_selection(blocks, chunk, n, device):
-                logits = model(images.repeat(len(chunk), *([1] * (images.dim() - 1))))
+            if len(chunk) == 1:  # one candidate: the ordinary forward
+                set_selection(model, chunk[0], blocks)
+                logits = model(images)
+            else:
+                with per_sample_selection(blocks, chunk, n, device):
+                    logits = model(images.repeat(len(chunk), *([1] * (images.dim() - 1))))
             hits = (logits.argmax(1) == targets.repeat(len(chunk))).view(len(chunk), n).sum(1)
             correct[start:start + len(chunk)] += hits
         total += n

@@ -149,11 +149,11 @@ class BranchBatchNorm2d(nn.Module):
         if self.training:
             raise ConfigError("per-sample branch selection evaluates candidates: it needs eval mode (running "
                               "statistics)")
-        bn = self.bns[0]  # each sample normalised with its own branch's running statistics and affine
-        mean = torch.stack([b.running_mean for b in self.bns])[per_sample]
-        scale = torch.stack([b.weight / torch.sqrt(b.running_var + bn.eps) for b in self.bns])[per_sample]
-        shift = torch.stack([b.bias for b in self.bns])[per_sample]
-        return (x - mean[:, :, None, None]) * scale[:, :, None, None] + shift[:, :, None, None]
+        # each sample normalised with its own branch's running statistics and affine: x * scale + shift
+        scale = torch.stack([b.weight / torch.sqrt(b.running_var + b.eps) for b in self.bns])
+        mean = torch.stack([b.running_mean for b in self.bns])
+        shift = torch.stack([b.bias for b in self.bns]) - mean * scale
+        return torch.addcmul(shift[per_sample][:, :, None, None], x, scale[per_sample][:, :, None, None])
 
 
 def _is_branched(conv: nn.Conv2d, clip_layers: str) -> bool:

@@ -107,7 +107,7 @@ def candidate_evaluation(smoke: bool = False, repeats: int = 20, population: int
 
     repeats = 3 if smoke else repeats
     with quantized_weights_frozen(model):  # as the search runs: the weights quantized once
-        t_pop, t_plain, ratio = _paired(evaluate(2048), plain, repeats)
+        t_pop, t_plain, ratio = _paired(evaluate(400), plain, repeats)
         t_one, _, ratio_one = _paired(evaluate(1), plain, max(1, repeats // 4))
         train = DigitsDataset("train", image_size=size)
         loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=False)

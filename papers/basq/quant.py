@@ -40,6 +40,10 @@ def official_step_fraction(bits: int) -> float:
     return fraction
 
 
+def _official_step(alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    return alpha * official_step_fraction(bits)
+
+
 def official_clip_quant(x: torch.Tensor, alpha: torch.Tensor, fraction: float) -> torch.Tensor:
     """The official ``QuantNbit``: ``round(clamp(x, 0, a) / d) * d`` with ``d = a * fraction``;
     gradient 1 to ``x`` on ``(0, a)``, to ``a`` the sum of the gradient where ``x > a``."""
@@ -76,8 +80,12 @@ class ClipQuantizer(PACTQuantizer):
         e.g. one clip per sample)."""
         if self.bits >= FULL_PRECISION:
             return x
+        levels = 2**self.bits - 1
+        if not torch.is_grad_enabled():  # evaluation: the same values without the gradient terms
+            step = alpha / levels if self.step == "paper" else _official_step(alpha, self.bits)
+            return torch.round(torch.minimum(torch.relu(x), alpha) / step) * step
         if self.step == "paper":
-            return kernel(F.pact_quant)(x, alpha, 2**self.bits - 1, False)
+            return kernel(F.pact_quant)(x, alpha, levels, False)
         return kernel(official_clip_quant)(x, alpha, official_step_fraction(self.bits))
 
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:

@@ -282,3 +282,14 @@ def test_per_sample_selection_equals_one_forward_per_candidate(block, step):
     model.train()
     with pytest.raises(ConfigError, match="eval mode"), per_sample_selection(blocks, candidates, 6, "cpu"):
         model(x.repeat(5, 1, 1, 1))
+
+
+@pytest.mark.parametrize("step", ["paper", "official"])
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_clip_quantizer_evaluation_path_gives_the_training_values(step, bits):
+    q = ClipQuantizer(bits, alpha_init=2.5, step=step)
+    levels = 2**bits - 1
+    x = torch.cat([torch.randn(10000) * 2, torch.arange(levels + 1) * 2.5 / levels, torch.tensor([2.5])])
+    with torch.no_grad():
+        fast = q(x)
+    assert torch.equal(fast, q(x.clone().requires_grad_(True)).detach())
