@@ -205,14 +205,12 @@ def import_paper_layer_kinds() -> dict[str, str]:
     """Import the ``layer_kinds`` modules of every registered paper (``core.paper.Paper.layer_kinds``,
     read from the ``mpq.papers`` entry points here so that core.nn does not import core.paper); returns
     ``{paper: why}`` for those that failed."""
-    import importlib
     from importlib.metadata import entry_points
 
     failed = {}
     for ep in entry_points(group="mpq.papers"):  # core.paper.GROUP
         try:
-            for module in getattr(ep.load(), "layer_kinds", ()):
-                importlib.import_module(module)
+            ep.load().import_layer_kinds()  # a core.paper.Paper
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal for the others
             failed[ep.name] = f"{type(exc).__name__}: {exc}"
     return failed

@@ -293,3 +293,14 @@ def test_clip_quantizer_evaluation_path_gives_the_training_values(step, bits):
     with torch.no_grad():
         fast = q(x)
     assert torch.equal(fast, q(x.clone().requires_grad_(True)).detach())
+
+
+def test_the_kind_is_found_by_name_without_importing_the_paper():
+    """``core.paper.Paper.layer_kinds``: asking core for the kind ``basq`` imports papers.basq.layers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from core.nn import QuantSpec; assert 'papers.basq.layers' not in sys.modules; "
+            "QuantSpec(kind='basq'); print('papers.basq.layers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
