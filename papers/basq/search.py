@@ -134,9 +134,9 @@ def run_search(cfg: BASQConfig) -> Path:
     if info.world_size > 1:
         raise ConfigError("mpq basq search runs in one process: start it without torchrun")
     out_dir = cfg.stage_dir("search")
+    t0 = time.perf_counter()
+    model = load_supernet(cfg, info.device).eval()  # checked before anything is written
     with RunDir(out_dir).open(stage_identity(cfg, "search"), cfg.run.resume, cfg) as run:
-        t0 = time.perf_counter()
-        model = load_supernet(cfg, info.device).eval()
         val_set = build_dataset_from_config(cfg.data, "val", augment=False)
         s = cfg.search
         splits = make_splits(dataset_targets(val_set), s.protocol, s.folds, s.fold_split, s.spos_fraction,
