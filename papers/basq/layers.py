@@ -289,9 +289,9 @@ def clip_parameters(model: nn.Module) -> list[list[nn.Parameter]]:
     return [[m.clips[j].alpha for m in blocks] for j in range(len(lambdas))]
 
 
-def clip_param_groups(model: nn.Module, **group_options: Any) -> list[dict]:
+def clip_param_groups(model: nn.Module) -> list[dict]:
     """One optimizer param group per branch index ``j`` holding the clips of branch ``j`` of every block,
     with ``weight_decay = lambda_j`` (the L2 decay that makes branch ``j``'s clip, section 3 / Fig. 1)."""
     blocks = [m for _, m in searchable_blocks(model)]
-    return [{"params": params, "weight_decay": blocks[0].lambdas[j], "name": f"clips_lambda{j}",
-             **group_options} for j, params in enumerate(clip_parameters(model))]
+    return [{"params": params, "weight_decay": blocks[0].lambdas[j], "name": f"clips_lambda{j}"}
+            for j, params in enumerate(clip_parameters(model))]

@@ -95,26 +95,36 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def clip_table(search: dict) -> str:
+    """Per searchable block: the range of its branches' clips and the mean clip the folds selected
+    (supplementary Fig. 2)."""
+    branch = search.get("branch_clips") or {}
+    lines = [f"{'block':<28} {'branch clips':>15} {'selected (mean)':>16}"]
+    for name, clips in branch.items():
+        chosen = [f["clips"][name] for f in search["folds"] if name in f["clips"]]
+        mean = f"{statistics.fmean(chosen):.3f}" if chosen else "-"
+        lines.append(f"{name:<28} {f'{min(clips):.3f}-{max(clips):.3f}':>15} {mean:>16}")
+    return "\n".join(lines)
+
+
 def run_report(cfg: BASQConfig) -> str:
     """What ``mpq basq report`` prints: the fine-tuned fold table (or the search's held-out accuracies
-    when fine-tuning has not run), BitOPs and the selected clips."""
+    when fine-tuning has not run), BitOPs and the clips."""
+    from core.io import read_json
+
+    search_path = cfg.stage_dir("search") / "search.json"
+    if not search_path.is_file():
+        raise ConfigError(f"nothing to report in {cfg.out}: run `mpq basq supernet`, `search` and "
+                          "`finetune` with this config first")
+    search = read_json(search_path, "BASQ search results", "run `mpq basq search` with this config")
     results_path = cfg.stage_dir("finetune") / "results.json"
     if results_path.is_file():
-        from core.io import read_json
-
         text = render(read_json(results_path, "BASQ results", "run `mpq basq finetune` with this config"))
     else:
-        search_path = cfg.stage_dir("search") / "search.json"
-        if not search_path.is_file():
-            raise ConfigError(f"nothing to report in {cfg.out}: run `mpq basq supernet`, `search` and "
-                              "`finetune` with this config first")
-        from core.io import read_json
-
-        folds = read_json(search_path, "BASQ search results", "run `mpq basq search`")["folds"]
-        counts = bitops(cfg)
+        folds, counts = search["folds"], bitops(cfg)
         text = "\n".join([
             "search only (fine-tuning has not run):",
             fold_table([("before", [f["heldout_top1_before_finetune"] for f in folds]),
                         ("fold", [f["fold_top1"] for f in folds])]),
             f"BitOPs ({counts.convention}): {_si(counts.bops)}"])
-    return text
+    return text + "\n" + clip_table(search)

@@ -42,6 +42,7 @@ from papers.basq.folds import (
 )
 from papers.basq.layers import (
     BranchBatchNorm2d,
+    clip_values,
     search_space,
     searchable_blocks,
     selected_clips,
@@ -159,6 +160,7 @@ def run_search(cfg: BASQConfig) -> Path:
                 folds.append(record)
         summary = {"protocol": s.protocol, "fold_split": s.fold_split, "folds": folds,
                    "search_space": list(search_space(model)), "lambdas": list(cfg.quant.lambdas),
+                   "branch_clips": clip_values(model),  # every branch's clip (supplementary Fig. 2)
                    "seconds": time.perf_counter() - t0}
         run.update_record(progress={"finished": True, "folds": len(folds)})
         summary["producer"] = run.producer_record()  # what `finetune` checks (check_producer)

@@ -34,6 +34,7 @@ def test_tiny_pipeline_through_the_cli_writes_per_fold_results(tmp_path: Path, c
         assert (tmp_path / "supernet" / f"stage{stage}" / "checkpoints" / "last.pt").is_file()
     assert _cli("search", *args) == 0
     search = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert len(search["branch_clips"]) == 5 and all(len(c) == 7 for c in search["branch_clips"].values())
     assert len(search["folds"]) == 3 and [f["index"] for f in search["folds"]] == [0, 1, 2]
     for fold in search["folds"]:
         assert (tmp_path / "search" / f"fold{fold['index']}.json").is_file()
@@ -52,7 +53,7 @@ def test_tiny_pipeline_through_the_cli_writes_per_fold_results(tmp_path: Path, c
     capsys.readouterr()
     assert _cli("report", *args) == 0
     out = capsys.readouterr().out
-    assert "set-1" in out and "Average" in out and "BitOPs (basq)" in out
+    assert "set-1" in out and "Average" in out and "BitOPs (basq)" in out and "branch clips" in out
     # a re-run search reuses the finished folds; another protocol writes next to them, sharing the supernet
     stamp = (tmp_path / "search" / "fold1.json").stat().st_mtime_ns
     assert _cli("search", *args) == 0
