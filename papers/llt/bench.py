@@ -13,6 +13,8 @@ and last linear are not searched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -42,17 +44,19 @@ def search(request: SearchRequest) -> BitPolicy:
                           "need at least 2 bits (signed weights)")
     torch.manual_seed(request.seed)
     model = request.build_model()
+    identity = indicator_identity(request, model, bits, opts)
     names = build_indicator_model(model, bits)
     loader = build_loader(request.train_set, request.batch_size, train=True, workers=0, seed=request.seed)
     optim = OptimConfig(lr=opts.get("lr", 0.01), momentum=0.9, weight_decay=opts.get("weight_decay", 2.5e-5))
     optimizer = build_optimizer(optim, model.parameters())
     scheduler = build_scheduler(ScheduleConfig(name="cosine", epochs=request.epochs), optimizer, len(loader))
-    run_dir = Path(request.run_dir) / "llt_indicators"
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    run_dir = Path(request.run_dir) / "llt_indicators" / digest
     trainer = ImportanceTrainer(
         model, optimizer, loader, None, epochs=request.epochs, schedulers=scheduler, run_dir=run_dir,
         device=request.device, resume="auto", label_smoothing=opts.get("label_smoothing", 0.1),
         grad_clip=opts.get("grad_clip", 1.0), grad_clip_mode="value", bits=bits, layer_names=names,
-        random_policy=opts.get("random_policy", "joint"), seed=request.seed, eval_bits=[])
+        random_policy=opts.get("random_policy", "joint"), seed=request.seed, eval_bits=[], identity=identity)
     request.log(f"llt: Alg. 1 on {len(names)} layers, bits {bits}, {request.epochs} epoch(s)")
     trainer.fit()
     indicators = extract_indicators(trainer.module, bits, names, meta={"source": "mpq benchmark"})
@@ -70,6 +74,22 @@ def search(request: SearchRequest) -> BitPolicy:
             "objective": sol.objective, "penalised_choices": sol.penalised, "solve_time_s": sol.solve_time_s,
             "indicators": str(run_dir / "indicators.json"), "epochs": request.epochs}
     return BitPolicy(list(zip(names, zip(sol.w_bits, sol.a_bits))), meta=meta)
+
+
+def indicator_identity(request: SearchRequest, model: torch.nn.Module, bits: list[int], opts: dict) -> dict:
+    """What the indicators trained for ``request`` depend on: the float ``model`` (its parameters' names,
+    shapes and sums), the data's size, the seed, the schedule, the candidate bits and the training options.
+    Requests that differ in any of these train in different directories
+    (``run_dir/llt_indicators/<digest>``); the budget, which Alg. 1 never sees, and the ILP's options
+    (``alpha``, ``nonmonotone_rule``) do not enter."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{float(tensor.double().sum()):.12g};".encode())
+    return {"model": {"type": type(model).__name__, "state": digest.hexdigest()[:16]},
+            "input_size": list(request.input_size), "num_classes": request.num_classes,
+            "train_set": {"type": type(request.train_set).__name__, "size": len(request.train_set)},
+            "seed": request.seed, "epochs": request.epochs, "batch_size": request.batch_size, "bits": bits,
+            "options": {k: v for k, v in opts.items() if k not in ("alpha", "nonmonotone_rule")}}
 
 
 METHOD = SearchMethod(name="llt", paper="LLT (ECCV 2022)", search=search,
