@@ -58,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--suite", choices=["quick", "paper"], default="quick")
     r.add_argument("--out", default="bench_out", help="output directory (report.md, PNGs, results)")
     r.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2 3 4)")
-    r.add_argument("--dataset", default=None, help="an embedded dataset instead of the suite's (e.g. digits, "
-                                                   "mnist5k)")
+    r.add_argument("--dataset", default=None, choices=["digits", "mnist5k"],
+                   help="--suite quick: the embedded dataset (default: the suite's; epochs scaled to the "
+                        "same number of SGD steps)")
     r.add_argument("--jobs", type=int, default=None,
                    help="worker processes, one torch thread each (default: one per CPU core, at most 8; "
                         "1 on an accelerator); results do not depend on it")

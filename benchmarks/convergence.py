@@ -50,7 +50,7 @@ class Verdict:
     numbers: dict[str, float] = field(default_factory=dict)
 
 
-def _flat(values: Any, ks: Any) -> list[tuple[float, int]]:
+def _flat(values: Any, ks: tuple[int, int, int]) -> list[tuple[float, int]]:
     """Pairs (value, K) from per-layer entries: one number (K = ks[2]) or [weights, activations]."""
     out = []
     for v in values:
@@ -63,18 +63,16 @@ def _flat(values: Any, ks: Any) -> list[tuple[float, int]]:
 
 def _distribution(d: dict, w_candidates: tuple, a_candidates: tuple) -> Verdict:
     default_k = (len(w_candidates), len(a_candidates), len(w_candidates) * len(a_candidates))
-    counts = d.get("num_candidates")
-    if counts is not None:
-        pairs = [(float(p), int(k)) for (p, _), (k, _) in
-                 zip(_flat(d["max_prob"], default_k), _flat(counts, default_k))]
-    else:
-        pairs = _flat(d["max_prob"], default_k)
+    pairs = _flat(d["max_prob"], default_k)
+    if d.get("num_candidates") is not None:  # the method's own K per distribution
+        ks = [int(k) for k, _ in _flat(d["num_candidates"], default_k)]
+        pairs = [(p, k) for (p, _), k in zip(pairs, ks)]
     if not pairs:
         return Verdict("distribution", False, "no layer in max_prob")
     conf = [(p - 1 / k) / (1 - 1 / k) if k > 1 else 1.0 for p, k in pairs]
     numbers = {"confidence": sum(conf) / len(conf), "mean_max_prob": sum(p for p, _ in pairs) / len(pairs)}
     if d.get("entropy") is not None:
-        ents = [e / math.log(k) for e, k in _flat(d["entropy"], default_k) if k > 1]
+        ents = [e / math.log(k) for (e, _), (_, k) in zip(_flat(d["entropy"], default_k), pairs) if k > 1]
         if ents:
             numbers["norm_entropy"] = sum(ents) / len(ents)
     eb = d.get("expected_bops")

@@ -12,11 +12,12 @@ The work is split into units (the float run, each uniform baseline, and every me
 its budgets for one seed, so that work a method shares across budgets stays in one process) and run in
 ``jobs`` processes (one torch thread each); results do not depend on ``jobs``.
 
-Writes ``suite.json`` (settings, environment, every run, failures), ``report.md`` (:mod:`benchmarks.report`),
-``pareto.png`` and one ``bits_<method>.png`` per method into ``--out`` (its ``runs/`` folder, the
-searches' working directories, is replaced). A paper or method that fails to load, a search that fails,
-a policy over its budget and unpaired runs are failures: the report lists them and ``mpq bench run``
-exits 1, naming each.
+Writes ``suite.json`` (settings, environment, every run, failures), ``report.md``
+(:mod:`benchmarks.quick_report`), ``pareto.png`` and one ``bits_<method>.png`` per method into ``--out``
+(its ``runs/`` folder, the searches' working directories with each search's ``policy.json`` and its
+console output ``search.log``, is replaced). The console shows the searches' ``request.log`` lines.
+A paper or method that fails to load, a search that fails, a policy over its budget and unpaired runs are
+failures: the report lists them and ``mpq bench run`` exits 1, naming each.
 
 Budgets are average bits ``b`` expressed as ``budget_bops = b^2 * MACs`` over the searchable layers
 (BP-NAS's convention). The default candidates are 2/3/4 bits for weights and activations (LSQ's signed
@@ -26,11 +27,14 @@ weights need at least 2 bits), so the lowest reachable budget is 2.0 average bit
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
 import platform
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +52,10 @@ from benchmarks.discovery import load_methods
 from benchmarks.recipe import Recipe, seeded_builder, train_policy
 from benchmarks.report import write_atomic
 from core.errors import ConfigError, DataError, PolicyError
+
+#: embedded dataset -> (training epochs, search epochs): the same number of SGD steps at batch 64
+#: (digits: 1,400 train images, 21 steps per epoch; mnist5k: 4,000, 62 steps per epoch)
+EMBEDDED = {"digits": (6, 3), "mnist5k": (2, 1)}
 
 
 @dataclass
@@ -74,8 +82,15 @@ class Settings:
     search_time_budget_s: float | None = 10.0  # per search call (amortised), on a 2-core reference machine
 
     @classmethod
-    def quick(cls) -> Settings:
-        return cls()
+    def quick(cls, dataset: str | None = None) -> Settings:
+        """The default comparison; ``dataset`` picks another embedded set at the same number of SGD steps
+        (:data:`EMBEDDED`: epochs scaled by the training set's size)."""
+        dataset = dataset or cls.dataset
+        if dataset not in EMBEDDED:
+            raise ConfigError(f"--dataset {dataset!r}: the quick suite runs on an embedded dataset, one of "
+                              f"{sorted(EMBEDDED)}")
+        train_epochs, search_epochs = EMBEDDED[dataset]
+        return cls(dataset=dataset, search_epochs=search_epochs, recipe=Recipe(epochs=train_epochs))
 
     @classmethod
     def micro(cls) -> Settings:
@@ -181,18 +196,28 @@ def _run_method(method, budget: float, call: int, seed: int, build, names: list[
     run_dir.mkdir(parents=True, exist_ok=True)
     shared_dir.mkdir(parents=True, exist_ok=True)
     options = {"draws": s.random_draws, "tolerance_bits": s.random_tolerance_bits} if control else {}
+    console = sys.stdout
+
+    def request_log(msg: str) -> None:
+        with contextlib.redirect_stdout(console):
+            log(f"[bench]   {msg}")
+
     request = SearchRequest(
         build_model=build, input_size=(3, s.image_size, s.image_size), num_classes=s.num_classes,
         train_set=train_set, val_set=val_set, w_candidates=tuple(s.w_candidates),
         a_candidates=tuple(s.a_candidates), budget_bops=budget ** 2 * macs, budget_avg_bits=budget,
         run_dir=run_dir, seed=seed, device=device, epochs=s.search_epochs, batch_size=s.recipe.batch_size,
-        log=lambda msg: log(f"[bench]   {msg}"), options=options,
+        log=request_log, options=options,
         time_budget_s=s.search_time_budget_s, shared_dir=shared_dir)
     tag = f"seed {seed}: {method.name} @ {budget:g} bits"
     log(f"[bench] {tag}: search ...")
     try:
         start = time.perf_counter()
-        policy = method.search(request)
+        with contextlib.redirect_stdout(io.StringIO()) as chatter:  # the trainers' epoch lines
+            try:
+                policy = method.search(request)
+            finally:
+                (run_dir / "search.log").write_text(chatter.getvalue())
         search_time = time.perf_counter() - start
         _validate(policy, names, s)
         from core.bops import count
@@ -379,12 +404,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         settings = Settings.paper(args.data_root)
         methods = [args.method]
     else:
-        settings = Settings.micro() if args.micro else Settings.quick()
+        settings = Settings.micro() if args.micro else Settings.quick(args.dataset)
         methods = args.methods
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))
-    if args.dataset:
-        settings = replace(settings, dataset=args.dataset)
     device = str(resolve_device(args.device))
     jobs = args.jobs or default_jobs(device)
     start = time.perf_counter()

