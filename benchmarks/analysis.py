@@ -31,17 +31,22 @@ def shared_cost(meta: dict, default_key: str) -> dict[str, float]:
 
 
 def amortise(records: list[dict]) -> None:
-    """Set ``search_cost_seconds`` of every record (records in call order, as the suite keeps them): the
-    call that first reports a piece of shared work is charged its wall time minus that work; every call
-    reporting the piece is charged an equal share of it. The costs of one method sum to its wall time."""
+    """Set ``search_cost_seconds`` (wall) and ``search_cost_cpu_seconds`` of every record (records in call
+    order, as the suite keeps them): the call that first reports a piece of shared work is charged its
+    time minus that work; every call reporting the piece is charged an equal share of it. The costs of one
+    method sum to its time. Pieces are reported in wall seconds; their CPU time is taken at the CPU / wall
+    ratio of the call that did them."""
     calls = Counter(k for r in records for k in r.get("shared_cost", {}))
-    seen: set[str] = set()
+    cpu_share: dict[str, float] = {}
     for r in records:
         pieces = r.get("shared_cost", {})
-        done_here = sum(s for k, s in pieces.items() if k not in seen)
-        seen.update(pieces)
-        own = max(0.0, r["search_seconds"] - done_here)
+        new = {k: s for k, s in pieces.items() if k not in cpu_share}
+        ratio = r.get("search_cpu_seconds", 0.0) / r["search_seconds"] if r["search_seconds"] > 0 else 0.0
+        cpu_share.update({k: s * ratio for k, s in new.items()})
+        own = max(0.0, r["search_seconds"] - sum(new.values()))
+        own_cpu = max(0.0, r.get("search_cpu_seconds", 0.0) - sum(cpu_share[k] for k in new))
         r["search_cost_seconds"] = own + sum(s / calls[k] for k, s in pieces.items())
+        r["search_cost_cpu_seconds"] = own_cpu + sum(cpu_share[k] / calls[k] for k in pieces)
 
 
 def pairing_failures(records: list[dict]) -> list[str]:
@@ -81,7 +86,9 @@ def summarise(records: list[dict]) -> list[dict[str, Any]]:
             "top1": top1, "top1_std": top1_std, "seeds": len(rs), "by_seed": _by_seed(rs),
             "search_seconds": statistics.fmean(r["search_seconds"] for r in rs),
             "search_cost_seconds": statistics.fmean(r.get("search_cost_seconds", 0.0) for r in rs),
+            "search_cost_cpu_seconds": statistics.fmean(r.get("search_cost_cpu_seconds", 0.0) for r in rs),
             "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
+            "train_cpu_seconds": statistics.fmean(r.get("train_cpu_seconds", 0.0) for r in rs),
             "over_budget": any(r["over_budget"] for r in rs),
             "over_time": sum(1 for r in rs if r.get("over_time")),
             "converged_seeds": converged, "searched_seeds": len(verdicts),

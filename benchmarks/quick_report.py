@@ -3,9 +3,11 @@ convergence diagnostics and where the time went. Every number comes from ``suite
 
 from __future__ import annotations
 
+import statistics
+
 from benchmarks.analysis import as_interval
 from benchmarks.convergence import CRITERIA
-from benchmarks.stats import phrase
+from benchmarks.stats import paired_interval, phrase
 
 
 def _bops(x: float) -> str:
@@ -43,17 +45,17 @@ def _order(r: dict) -> tuple:
 
 def results_table(summary: list[dict]) -> list[str]:
     lines = ["| entry | budget (avg bits) | BOPs | avg bits | top-1 (%) mean +- std | vs random (points) | "
-             "vs nearest uniform (points) | converged | search cost (s) | train (s) |",
+             "vs nearest uniform (points) | converged | search cost (CPU s) | train (CPU s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary, key=_order):
         budget = "-" if r["budget_avg_bits"] is None else f"{r['budget_avg_bits']:g}"
         flag = " (over budget)" if r["over_budget"] else ""
         uni = "-" if not r.get("uniform") else f"{_delta(r, 'vs_uniform')} ({r['uniform'][8:]})"
-        cost = "-" if r["kind"] == "baseline" else f"{r['search_cost_seconds']:.1f}" + (
+        cost = "-" if r["kind"] == "baseline" else f"{r['search_cost_cpu_seconds']:.1f}" + (
             f" ({r['over_time']} over budget)" if r.get("over_time") else "")
         lines.append(f"| {r['method']} | {budget} | {_bops(r['bops'])} | {r['avg_bits']:.3f}{flag} | "
                      f"{r['top1']:.2f} +- {r['top1_std']:.2f} | {_delta(r, 'vs_random')} | {uni} | "
-                     f"{_converged(r)} | {cost} | {r['train_seconds']:.1f} |")
+                     f"{_converged(r)} | {cost} | {r['train_cpu_seconds']:.1f} |")
     return lines
 
 
@@ -75,6 +77,22 @@ def findings(summary: list[dict]) -> list[str]:
             out.append("- " + phrase(name, rand, as_interval(r.get("vs_random"))))
         if r.get("uniform"):
             out.append("- " + phrase(name, r["uniform"], as_interval(r.get("vs_uniform"))))
+    return out
+
+
+def resolution(summary: list[dict]) -> list[str]:
+    """How finely this setting resolves accuracy: consecutive uniform baselines' paired differences and
+    the median half-width of the comparisons in the table."""
+    uniform = sorted((r for r in summary if r["method"].startswith("uniform")), key=lambda r: r["bops"])
+    out = []
+    for lo, hi in zip(uniform, uniform[1:]):
+        iv = paired_interval(hi["by_seed"], lo["by_seed"])
+        out.append(f"- {hi['method']} vs {lo['method']}: {iv.text() + ' points' if iv else 'no shared seed'}")
+    halves = sorted((iv["high"] - iv["low"]) / 2 for r in summary if _ranked(r)
+                    for key in ("vs_random", "vs_uniform") if (iv := r.get(key)) and iv["low"] is not None)
+    if halves:
+        out.append(f"- median half-width of the {len(halves)} ranked intervals in the table: "
+                   f"{statistics.median(halves):.2f} points")
     return out
 
 
@@ -107,16 +125,17 @@ def convergence_table(summary: list[dict]) -> list[str]:
 
 
 def time_table(data: dict) -> list[str]:
+    """CPU seconds (one thread per process) per entry: searches and trainings, and their share."""
     runs, units = data["runs"], data.get("units", [])
-    total = sum(u["seconds"] for u in units) or 1.0
+    total = sum(u.get("cpu_seconds", 0.0) for u in units) or 1.0
     entries: dict[str, dict] = {}
     for r in runs:
         key = "baselines (float, uniform)" if r["kind"] == "baseline" else r["method"]
         e = entries.setdefault(key, {"search": 0.0, "train": 0.0, "calls": 0})
-        e["search"] += r["search_seconds"]
-        e["train"] += r["train_seconds"]
+        e["search"] += r.get("search_cpu_seconds", 0.0)
+        e["train"] += r.get("train_cpu_seconds", 0.0)
         e["calls"] += r["kind"] != "baseline"
-    lines = ["| entry | search (s, all calls) | per call, amortised (s) | training (s) | share of the work |",
+    lines = ["| entry | search (CPU s, all calls) | per call (CPU s) | training (CPU s) | share of the CPU |",
              "|---|---|---|---|---|"]
     for key, e in sorted(entries.items(), key=lambda kv: -(kv[1]["search"] + kv[1]["train"])):
         per_call = f"{e['search'] / e['calls']:.1f}" if e["calls"] else "-"
@@ -133,6 +152,7 @@ def render_quick_markdown(data: dict, images: list[str]) -> str:
     n_seeds = len(s["seeds"])
     limit = s.get("search_time_budget_s")
     units = data.get("units", [])
+    cpu, jobs = sum(u.get("cpu_seconds", 0.0) for u in units), env.get("jobs", 1)
     lines = [
         f"# Cross-method benchmark ({s['dataset']})", "",
         f"{env['date']} on `{env['machine']}` ({env['processor']}, {env['cpu_count']} CPUs, torch "
@@ -157,11 +177,13 @@ def render_quick_markdown(data: dict, images: list[str]) -> str:
         + "; ".join(f"{k}: {v}" for k, v in CRITERIA.items()) + ".", "",
         *results_table(summary), "",
         "## Findings (generated from the intervals)", "", *findings(summary), "",
+        "## Resolution of this setting", "", *resolution(summary), "",
         "## Search convergence", "", *convergence_table(summary), "",
         "## Where the time goes", "",
-        f"Work summed over the {len(units)} units ({sum(u['seconds'] for u in units):.0f} s in "
-        f"{env.get('jobs', 1)} process(es), wall {env['wall_seconds']:.0f} s). A search's cost per call "
-        "divides work shared by several budgets among them.", "",
+        f"CPU time of the {len(units)} units: {cpu:.0f} s in {jobs} process(es) of one thread, i.e. "
+        f"{cpu / jobs:.0f} s of wall time on {jobs} idle core(s); measured wall time "
+        f"{env['wall_seconds']:.0f} s (CPU time is robust to other load on the machine, wall time is not). "
+        "A search's cost per call divides work shared by several budgets among them (core/method.py).", "",
         *time_table(data), "",
     ]
     if data.get("failures"):

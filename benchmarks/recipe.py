@@ -137,7 +137,8 @@ class TrainResult:
     """One trained network: val top-1 (%), seconds, and the fingerprints that pair runs by seed."""
 
     top1: float
-    seconds: float
+    seconds: float  # wall time
+    cpu_seconds: float  # this process's CPU time (robust to other load on the machine)
     init_hash: str  # the float initialisation ``build()`` returned
     order_hash: str  # the first epoch's training batches, in order
 
@@ -146,8 +147,9 @@ def train_policy(build: Callable[[], nn.Module], policy: BitPolicy | None, train
                  val_set: Dataset, recipe: Recipe, seed: int, device: torch.device | str) -> TrainResult:
     """Train ``policy`` (None: float) with the shared recipe from ``build``'s initialisation; evaluate."""
     seed_everything(seed)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     init_hash = state_hash(build())
     model = quantized_model(build, policy, recipe)
     order_hash = train_epochs(model, train_set, recipe.epochs, recipe.lr, recipe, seed, device)
-    return TrainResult(val_top1(model, val_set, device), time.perf_counter() - start, init_hash, order_hash)
+    top1 = val_top1(model, val_set, device)
+    return TrainResult(top1, time.perf_counter() - start, time.process_time() - cpu, init_hash, order_hash)
