@@ -86,13 +86,14 @@ class SearchRequest:
     shared_dir: Path | None = None
 
     def fingerprint(self, *extra: object) -> str:
-        """A short hash of everything but the budget that determines a search's work (seed, network
-        and its initialisation, training data, candidates, epochs, batch, device type, options) plus
-        ``extra``: the key for work one method shares across budgets (``"shared_over"``)."""
+        """A short hash of what determines a search's work besides the budget (seed, network and its
+        initialisation, training data, candidates, epochs, batch, device type) plus ``extra`` (e.g. the
+        options that change the work): the key for work one method shares across budgets
+        (``"shared_over"``)."""
         h = hashlib.sha256()
         h.update(json.dumps([self.seed, list(self.input_size), self.num_classes, list(self.w_candidates),
                              list(self.a_candidates), self.epochs, self.batch_size,
-                             torch.device(self.device).type, self.options, [str(e) for e in extra]],
+                             torch.device(self.device).type, [str(e) for e in extra]],
                             sort_keys=True, default=str).encode())
         model = self.build_model()
         h.update(type(model).__name__.encode())

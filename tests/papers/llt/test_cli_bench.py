@@ -89,4 +89,4 @@ def test_benchmark_method_returns_a_policy_within_the_bops_budget(tiny_data, tmp
     assert METHOD.name == "llt"
     assert list(policy.layers) == list(macs)
     assert sum(macs[n] * w * a for n, (w, a) in policy.layers.items()) <= budget
-    assert (tmp_path / "llt_indicators" / "indicators.json").is_file()
+    assert (tmp_path / "indicators.json").is_file()
