@@ -43,19 +43,19 @@ def test_toy_distribution_search_converges_and_its_frozen_copy_does_not() -> Non
     assert frozen.numbers["norm_entropy"] == pytest.approx(1.0)
 
 
-def _micro_request(budget: float = 2.5, **options) -> SearchRequest:
+def _micro_request(run_dir, budget: float = 2.5, **options) -> SearchRequest:
     s = Settings.micro()
     train, val = _datasets(s)
     build = seeded_builder(lambda: build_model(s.model, num_classes=10, **s.model_kwargs), 0)
     macs = count(build(), (3, 8, 8), convention="bpnas").macs
     return SearchRequest(build, (3, 8, 8), 10, train, val, s.w_candidates, s.a_candidates, budget ** 2 * macs,
-                         budget, "unused", epochs=2, batch_size=32, options=options, log=lambda m: None)
+                         budget, run_dir, epochs=2, batch_size=32, options=options, log=lambda m: None)
 
 
-def test_edmips_search_with_frozen_architecture_lr_is_not_converged() -> None:
+def test_edmips_search_with_frozen_architecture_lr_is_not_converged(tmp_path) -> None:
     from papers.edmips.bench import DEFAULTS, search_once
 
-    req = _micro_request(arch_lr=0.0)
+    req = _micro_request(tmp_path, arch_lr=0.0)
     frozen = search_once(req, 0.01, {**DEFAULTS, **req.options})
     verdict = judge(frozen["diagnostics"], req.w_candidates, req.a_candidates)
     assert verdict.converged is False and verdict.numbers["confidence"] < 1e-3
@@ -76,17 +76,17 @@ def test_edmips_rule_matches_the_paper_total_architecture_update() -> None:
     assert total == pytest.approx(PAPER_ARCH_UPDATE) and lr == pytest.approx(23.73, abs=0.01)
 
 
-def test_llt_with_frozen_lr_is_not_converged() -> None:
+def test_llt_with_frozen_lr_is_not_converged(tmp_path) -> None:
     from papers.llt import bench
 
-    req = _micro_request(lr=0.0)
+    req = _micro_request(tmp_path, lr=0.0)
     policy = bench.search(req)
     d = policy.meta["diagnostics"]
     assert d["indicator_change"] == 0.0 and d["monotone_fraction"] == 1.0  # initial steps: monotone
     assert judge(d).converged is False
     assert policy.meta["shared_over"].startswith("llt-indicators-")
     assert policy.meta["search_cost_shared_s"] > 0
-    again = bench.search(_micro_request(budget=3.0, lr=0.0))  # another budget: the same indicators
+    again = bench.search(_micro_request(tmp_path, budget=3.0, lr=0.0))  # another budget: the same indicators
     assert again.meta["shared_over"] == policy.meta["shared_over"]
 
 
