@@ -59,10 +59,10 @@ class SearchRequest:
     budget expressed as sqrt(budget_bops / MACs), for reports.
 
     ``epochs`` is the search budget in passes over ``train_set``; each method maps it to its own schedule
-    by a documented rule (its adapter's docstring). ``time_budget_s`` is the wall time the benchmark
-    allots to this call on its reference machine (None: no limit): a method sizes its schedule to fit
-    it (deterministically: never by measuring its own speed, so results do not depend on the machine);
-    the report flags a search that takes longer. ``shared_dir`` is a directory shared by every budget of
+    by a documented rule (its adapter's docstring). ``time_budget_s`` is the CPU time (one thread) the
+    benchmark allots to this call, shared work divided among the calls that use it (None: no limit): a
+    method sizes its schedule to fit it (deterministically: never by measuring its own speed, so results
+    do not depend on the machine); the report flags a search that takes longer. ``shared_dir`` is a directory shared by every budget of
     this method and seed (None: nothing is shared), for work a method reuses across budgets.
     """
 
