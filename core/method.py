@@ -62,8 +62,9 @@ class SearchRequest:
     by a documented rule (its adapter's docstring). ``time_budget_s`` is the CPU time (one thread) the
     benchmark allots to this call, shared work divided among the calls that use it (None: no limit): a
     method sizes its schedule to fit it (deterministically: never by measuring its own speed, so results
-    do not depend on the machine); the report flags a search that takes longer. ``shared_dir`` is a directory shared by every budget of
-    this method and seed (None: nothing is shared), for work a method reuses across budgets.
+    do not depend on the machine); the report flags a search that takes longer. ``shared_dir`` is a
+    directory shared by every budget of this method and seed (None: nothing is shared), for work a method
+    reuses across budgets.
     """
 
     build_model: Callable[[], nn.Module]  # a fresh float model (same init for a given seed)
