@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "same number of SGD steps)")
     r.add_argument("--jobs", type=int, default=None,
                    help="worker processes, one torch thread each (default: one per CPU core, at most 8; "
-                        "1 on an accelerator); results do not depend on it")
+                        "1 on an accelerator or with --micro); results do not depend on it")
     r.add_argument("--methods", nargs="+", default=None,
                    help="method names to run (default: every method of every registered paper)")
     r.add_argument("--micro", action="store_true", help="a seconds-long setting (tests, smoke runs)")

@@ -412,7 +412,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))
     device = str(resolve_device(args.device))
-    jobs = args.jobs or default_jobs(device)
+    jobs = args.jobs or (1 if args.micro else default_jobs(device))  # micro: less work than a spawn
     start = time.perf_counter()
     suite = QuickSuite(settings, args.out, device=device, methods=methods, jobs=jobs)
     suite.run()
