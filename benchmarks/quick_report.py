@@ -28,7 +28,7 @@ def _delta(r: dict, key: str) -> str:
         return "-"
     if not _ranked(r):
         return "not ranked"
-    return iv.text().replace(" (n=", " n=").rstrip(")") + ("" if not iv.resolved else " *")
+    return f"{iv.text()} n={iv.n}" + (" *" if iv.resolved else "")
 
 
 def _converged(r: dict) -> str:
@@ -50,9 +50,10 @@ def results_table(summary: list[dict]) -> list[str]:
     for r in sorted(summary, key=_order):
         budget = "-" if r["budget_avg_bits"] is None else f"{r['budget_avg_bits']:g}"
         flag = " (over budget)" if r["over_budget"] else ""
-        uni = "-" if not r.get("uniform") else f"{_delta(r, 'vs_uniform')} ({r['uniform'][8:]})"
+        uni = "-" if not r.get("uniform") else \
+            f"{_delta(r, 'vs_uniform')} ({r['uniform'].removeprefix('uniform ')})"
         cost = "-" if r["kind"] == "baseline" else f"{r['search_cost_cpu_seconds']:.1f}" + (
-            f" ({r['over_time']} over budget)" if r.get("over_time") else "")
+            f" ({r['over_time']} over the time budget)" if r.get("over_time") else "")
         lines.append(f"| {r['method']} | {budget} | {_bops(r['bops'])} | {r['avg_bits']:.3f}{flag} | "
                      f"{r['top1']:.2f} +- {r['top1_std']:.2f} | {_delta(r, 'vs_random')} | {uni} | "
                      f"{_converged(r)} | {cost} | {r['train_cpu_seconds']:.1f} |")
@@ -87,7 +88,8 @@ def resolution(summary: list[dict]) -> list[str]:
     out = []
     for lo, hi in zip(uniform, uniform[1:]):
         iv = paired_interval(hi["by_seed"], lo["by_seed"])
-        out.append(f"- {hi['method']} vs {lo['method']}: {iv.text() + ' points' if iv else 'no shared seed'}")
+        text = f"{iv.text()} points (n={iv.n})" if iv else "no shared seed"
+        out.append(f"- {hi['method']} vs {lo['method']}: {text}")
     halves = sorted((iv["high"] - iv["low"]) / 2 for r in summary if _ranked(r)
                     for key in ("vs_random", "vs_uniform") if (iv := r.get(key)) and iv["low"] is not None)
     if halves:

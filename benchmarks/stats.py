@@ -33,9 +33,10 @@ class Interval:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
     def text(self) -> str:
+        """``"+3.00 [+1.00, +5.00]"`` (``"+3.00 (no interval)"`` for one seed)."""
         if self.low is None:
-            return f"{self.mean:+.2f} (n={self.n}, no interval)"
-        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] (n={self.n})"
+            return f"{self.mean:+.2f} (no interval)"
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
 
 
 def t_quantile(df: int, level: float = LEVEL) -> float:
@@ -61,10 +62,11 @@ def phrase(name: str, other: str, iv: Interval | None) -> str:
     """One sentence comparing ``name`` with ``other``; claims a difference only if ``iv`` excludes 0."""
     if iv is None:
         return f"{name} and {other} share no seed: not compared."
+    numbers = f"{iv.text()} points (n={iv.n})"
     if iv.low is None:
-        return f"{name} vs {other}: {iv.text()}, one seed: no difference resolved."
+        return f"{name} vs {other}: {numbers}, one seed: no difference resolved."
     if iv.low > 0:
-        return f"{name} beats {other} by {iv.text()} points."
+        return f"{name} beats {other} by {numbers}."
     if iv.high < 0:
-        return f"{name} is below {other} by {iv.text()} points."
-    return f"no difference resolved between {name} and {other}: {iv.text()} points."
+        return f"{name} is below {other} by {numbers}."
+    return f"no difference resolved between {name} and {other}: {numbers}."
