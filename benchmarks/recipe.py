@@ -56,7 +56,8 @@ def _loader(dataset: Dataset, batch_size: int, seed: int, train: bool) -> DataLo
 def train_epochs(model: nn.Module, train_set: Dataset, epochs: int, lr: float, recipe: Recipe, seed: int,
                  device: torch.device | str) -> str:
     """SGD (momentum, weight decay) with a per-step cosine schedule, cross-entropy loss. Returns a hash
-    of the first epoch's batches (images and targets, in order)."""
+    of the first epoch's batches, in order (targets and the first 16 values of every image: enough to
+    tell two orders or two augmentations apart at no cost, even on ImageNet)."""
     order = hashlib.sha256()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -67,7 +68,7 @@ def train_epochs(model: nn.Module, train_set: Dataset, epochs: int, lr: float, r
     for epoch in range(epochs):
         for images, targets in loader:
             if epoch == 0:
-                order.update(images.numpy().tobytes())
+                order.update(images.reshape(len(images), -1)[:, :16].contiguous().numpy().tobytes())
                 order.update(targets.numpy().tobytes())
             for group in opt.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
