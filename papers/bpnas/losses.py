@@ -68,7 +68,7 @@ class SupernetCost:
 
     def expected_bops(self) -> torch.Tensor:
         """``sum_b M_b sum_k p_bk w_k a_k + BOPs_fixed`` in float64, differentiable in every ``alpha``."""
-        terms = [m * s.expected_cost().double() for s, m in zip(self.selectors, self.block_macs) if m > 0]
+        terms = [m * s.expected_cost() for s, m in zip(self.selectors, self.block_macs) if m > 0]
         return torch.stack(terms).sum() + self.fixed_bops
 
     def expected_avg_bits(self) -> torch.Tensor:

@@ -117,8 +117,9 @@ class BlockSelector(nn.Module):
         return torch.softmax(self.alpha, dim=0)
 
     def expected_cost(self) -> torch.Tensor:
-        """``E[w * a] = sum_k p_k w_k a_k``: the block's expected BOPs per MAC (differentiable)."""
-        return torch.dot(self.probs(), self.costs.to(self.alpha.dtype))
+        """``E[w * a] = sum_k p_k w_k a_k``: the block's expected BOPs per MAC (differentiable, float64: the
+        feasibility checks compare it with B_max closely)."""
+        return torch.dot(torch.softmax(self.alpha.double(), dim=0), self.costs.double())
 
     def argmax(self) -> int:
         return int(self.alpha.detach().argmax())

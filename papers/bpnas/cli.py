@@ -1,0 +1,125 @@
+"""``mpq bpnas search|derive|train|run|plot``: the BP-NAS stages from the command line.
+
+Each stage takes ``-c CONFIG`` (a YAML path, or the name of a packaged config such as ``digits`` or
+``cifar10_resnet20_bmax3``) and ``key=value`` overrides, e.g.::
+
+    mpq bpnas search -c digits run.out_dir=runs/bpnas/digits
+    mpq bpnas train -c cifar10_resnet20_table1_bmax3 data.root=/data/cifar10
+    torchrun --nproc_per_node 8 -m core.cli bpnas search -c resnet50_imagenet data.root=/data/imagenet
+    mpq bpnas plot search runs/bpnas/digits
+    mpq bpnas plot fig1 -c digits_figures
+
+Stages resume from their last checkpoint with ``run.resume=auto`` (the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name: str | None) -> Path | None:
+    """A YAML path as given, or ``configs/<name>.yaml`` of this package."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config); packaged: {known}")
+
+
+def load(args: argparse.Namespace):
+    from papers.bpnas.config import load_bpnas_config
+
+    return load_bpnas_config(config_path(args.config), args.overrides)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from papers.bpnas.derive import run_derive
+    from papers.bpnas.search import run_search
+
+    cfg = load(args)
+    run_search(cfg)
+    run_derive(cfg)
+    return 0
+
+
+def _derive(args: argparse.Namespace) -> int:
+    from papers.bpnas.derive import run_derive
+
+    run_derive(load(args))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from papers.bpnas.train import run_train
+
+    run_train(load(args))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from papers.bpnas.derive import run_derive
+    from papers.bpnas.search import run_search
+    from papers.bpnas.train import run_train
+
+    cfg = load(args)
+    if cfg.train.policy == "searched":
+        run_search(cfg)
+        run_derive(cfg)
+    run_train(cfg)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from papers.bpnas.plots import plot_search, run_figure
+
+    if args.what == "search":
+        if len(args.rest) != 1 or args.config:
+            raise ConfigError("mpq bpnas plot search takes the run directory only: mpq bpnas plot search RUN_DIR")
+        for path in plot_search(args.rest[0]):
+            print(path)
+        return 0
+    args.overrides = args.rest
+    print(run_figure(load(args), args.what))
+    return 0
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("-c", "--config", default=None,
+                        help="YAML config path or packaged config name (papers/bpnas/configs/NAME.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. search.b_max=3.5 data.root=/data/cifar10")
+    return parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``bpnas`` command group to ``mpq``."""
+    group = subparsers.add_parser("bpnas", help="BP-NAS (ECCV 2020): barrier-penalty mixed-precision search",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = group.add_subparsers(metavar="STAGE")
+    stages = (("search", _search, "barrier-penalty search of the supernet, then derive -> RUN_DIR/policy.json"),
+              ("derive", _derive, "highest-probability pair per block -> RUN_DIR/policy.json"),
+              ("train", _train, "train the derived / published / uniform / random network -> "
+                                "RUN_DIR/results.json"),
+              ("run", _run, "search, derive and train in one go"))
+    for name, func, text in stages:
+        _with_config(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
+    p = sub.add_parser("plot", help="search curves (search RUN_DIR), or supp. Fig. 1 / Fig. 2 as runs (fig1|fig2 "
+                                    "-c CONFIG)")
+    p.add_argument("what", choices=["search", "fig1", "fig2"])
+    p.add_argument("-c", "--config", default=None, help="config of the figure runs (fig1 / fig2)")
+    p.add_argument("rest", nargs="*", metavar="RUN_DIR | KEY=VALUE",
+                   help="search: the run directory; fig1 / fig2: config overrides")
+    p.set_defaults(func=_plot)
+    group.set_defaults(func=lambda a: (group.print_help(), 1)[1])
+    return group
+
