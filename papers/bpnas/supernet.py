@@ -16,10 +16,11 @@ submodule of the block's layers. Kind options (``QuantSpec.options``):
   ``layer1.0.downsample.0`` one ResNet block ``layer1.0``), a mapping ``{block: [layer names or name
   prefixes]}`` (the longest matching prefix wins; a layer no entry matches is an error), or a callable
   ``name -> block`` (e.g. Faster R-CNN: FPN convs, RPN head convs, bbox-head linears as their own blocks);
-- ``paths``: ``sample`` (default: one pair per block per training step, drawn from ``p``: one convolution per
-  layer, the cost of a fixed-precision step) or ``mixture`` (DARTS-like: every layer computes
-  ``sum_k p_k op(a_k(x), Q_k(W))``, exactly, as one convolution per distinct activation bit-width of the
-  pairs, since the op is linear in the weight);
+- ``paths``: ``mixture`` (default: DARTS-like, every layer computes ``sum_k p_k op(a_k(x), Q_k(W))``, exactly,
+  as one convolution per distinct activation bit-width of the pairs, since the op is linear in the weight;
+  every forward is differentiable in ``alpha``) or ``sample`` (one pair per block per training step, drawn
+  from ``p``: one convolution per layer, the cost of a fixed-precision step; ``alpha`` then learns from the
+  search trainer's score-function term; the BP-NAS configs choose it, ``search.paths``);
 - ``alpha_init``: initial logits (the search then moves them inside the feasible domain, see
   :func:`papers.bpnas.losses.feasible_init`).
 
@@ -99,7 +100,7 @@ class BlockSelector(nn.Module):
 
     arch_parameter_names = ("alpha",)  # collected by core.nn.arch_parameters
 
-    def __init__(self, pairs: Sequence[Sequence[int]], name: str = "", paths: str = "sample",
+    def __init__(self, pairs: Sequence[Sequence[int]], name: str = "", paths: str = "mixture",
                  alpha_init: float = 0.0, device: Any = None) -> None:
         super().__init__()
         self.pairs = check_pairs(pairs)
@@ -233,7 +234,7 @@ def attach_block_selectors(model: nn.Module, spec: QuantSpec, ctx: KindContext) 
 
 
 @register_layer_kind(KIND, layers=(PairConv2d, PairLinear), w_quant="scale_clip", a_quant="scale_clip",
-                     options={"pairs": [list(p) for p in TABLE1_PAIRS], "blocks": "parent", "paths": "sample",
+                     options={"pairs": [list(p) for p in TABLE1_PAIRS], "blocks": "parent", "paths": "mixture",
                               "alpha_init": 0.0},
                      post=attach_block_selectors)
 def build_pair_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindContext) -> PairConv2d | PairLinear:

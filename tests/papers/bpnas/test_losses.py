@@ -177,9 +177,10 @@ def test_prob1_value_and_gradient_eq7():
     torch.manual_seed(0)
     blocks = [torch.softmax(torch.randn(k, dtype=torch.float64), 0).requires_grad_() for k in (2, 3, 5)]
     value = prob1_regularizer(blocks)
-    assert float(value) == pytest.approx(sum(math.prod(1 - float(x) for x in p) for p in blocks), rel=1e-12)
+    plain = [p.detach() for p in blocks]
+    assert float(value.detach()) == pytest.approx(sum(math.prod(1 - float(x) for x in p) for p in plain), rel=1e-12)
     grads = torch.autograd.grad(value, blocks)
-    for p, g in zip(blocks, grads):
+    for p, g in zip(plain, grads):
         assert torch.allclose(g, prob1_gradient(p), rtol=1e-12)
         for j in range(p.numel()):  # eq. 7 written out
             others = math.prod(1 - float(p[m]) for m in range(p.numel()) if m != j)
@@ -212,17 +213,17 @@ def test_feasible_init(resnet20, b_max):
     assert info["uniform_avg_bits"] == pytest.approx(uniform) and info["min_avg_bits"] == pytest.approx(8 ** 0.5)
     assert cost.value() < b_max
     if uniform <= b_max - 0.1:  # B_max = 4: the uniform p is feasible and kept
-        assert info["lambda"] == 0 and all(float(s.alpha.abs().max()) == 0 for s in selectors)
+        assert info["lambda"] == 0 and all(float(s.alpha.detach().abs().max()) == 0 for s in selectors)
     else:  # else the maximum-entropy p at the target: cheaper pairs more likely, bigger blocks tilted more
         target = b_max - min(0.1, (b_max - 8 ** 0.5) / 2)
         assert info["expected_avg_bits"] == pytest.approx(target, abs=1e-6)
         assert info["expected_avg_bits"] <= target
         for s in selectors:
-            p = s.probs().tolist()
+            p = s.probs().detach().tolist()
             costs = [w * a for w, a in s.pairs]
             assert all(p[i] >= p[j] for i in range(5) for j in range(5) if costs[i] < costs[j])
         big, small = selectors[0], selectors[3]  # 4.72 M vs 3.54 M MACs
-        assert float(big.probs()[0]) > float(small.probs()[0])
+        assert float(big.probs()[0].detach()) > float(small.probs()[0].detach())
 
 
 def test_infeasible_budget_is_refused(resnet20):
