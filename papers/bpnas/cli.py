@@ -79,17 +79,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot(args: argparse.Namespace) -> int:
-    from papers.bpnas.plots import plot_search, run_figure
+def _plot_search(args: argparse.Namespace) -> int:
+    from papers.bpnas.plots import plot_search
 
-    if args.what == "search":
-        if len(args.rest) != 1 or args.config:
-            raise ConfigError("mpq bpnas plot search takes the run directory only: mpq bpnas plot search RUN_DIR")
-        for path in plot_search(args.rest[0]):
-            print(path)
-        return 0
-    args.overrides = args.rest
-    print(run_figure(load(args), args.what))
+    for path in plot_search(args.run_dir):
+        print(path)
+    return 0
+
+
+def _figure(args: argparse.Namespace) -> int:
+    from papers.bpnas.plots import run_figure
+
+    print(run_figure(load(args), args.figure))
     return 0
 
 
@@ -113,13 +114,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
               ("run", _run, "search, derive and train in one go"))
     for name, func, text in stages:
         _with_config(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
-    p = sub.add_parser("plot", help="search curves (search RUN_DIR), or supp. Fig. 1 / Fig. 2 as runs (fig1|fig2 "
-                                    "-c CONFIG)")
-    p.add_argument("what", choices=["search", "fig1", "fig2"])
-    p.add_argument("-c", "--config", default=None, help="config of the figure runs (fig1 / fig2)")
-    p.add_argument("rest", nargs="*", metavar="RUN_DIR | KEY=VALUE",
-                   help="search: the run directory; fig1 / fig2: config overrides")
-    p.set_defaults(func=_plot)
+    plot = sub.add_parser("plot", help="search curves, or supp. Fig. 1 / Fig. 2 as training runs -> PNG")
+    psub = plot.add_subparsers(metavar="WHAT")
+    p = psub.add_parser("search", help="p per block and E(SN) over the search epochs -> RUN_DIR/plots/")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (run.out_dir) of a search")
+    p.set_defaults(func=_plot_search)
+    for figure, text in (("fig1", "supp. Fig. 1: a random mixed network with / without weight uniformization"),
+                         ("fig2", "supp. Fig. 2: the same network with distribution reshaping / with PACT")):
+        _with_config(psub.add_parser(figure, help=text, description=text)).set_defaults(func=_figure,
+                                                                                        figure=figure)
+    plot.set_defaults(func=lambda a: (plot.print_help(), 1)[1])
     group.set_defaults(func=lambda a: (group.print_help(), 1)[1])
     return group
 

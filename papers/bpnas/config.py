@@ -78,7 +78,7 @@ class SearchConfig:
     """The barrier-penalty search (supp. eq. 3-7)."""
 
     b_max: float = 4.0  # B_max, average bits sqrt(BOPs / FLOPs) under the bpnas convention
-    mu: float = 0.1  # barrier weight of eq. 3
+    mu: float = 0.01  # barrier weight of eq. 3
     prob1_weight: float = 0.1  # weight of the Prob-1 regularizer (eq. 6)
     paths: str = "sample"  # sample (one pair per block per step) | mixture (softmax-weighted sum)
     baseline_decay: float = 0.9  # sampled paths: moving-average baseline of the score-function gradient
