@@ -36,8 +36,9 @@ from papers.bpnas.models import CONVENTION, supernet_spec
 from papers.bpnas.search import block_snapshot, build_search_trainer
 from papers.bpnas.supernet import block_selectors
 
-DEFAULTS: dict[str, Any] = {"pairs": None, "mu": 0.01, "prob1_weight": 0.1, "paths": "sample", "arch_lr": 0.05,
-                            "lr": 0.1, "warmup_epochs": None, "max_steps_per_epoch": 0, "blocks": 2}
+DEFAULTS: dict[str, Any] = {"pairs": None, "mu": 0.01, "prob1_weight": 0.1, "paths": "sample",
+                            "arch_lr": 0.05, "lr": 0.1, "warmup_epochs": None, "max_steps_per_epoch": 0,
+                            "blocks": 2}
 
 
 def _options(request: SearchRequest) -> dict[str, Any]:
@@ -50,12 +51,12 @@ def _options(request: SearchRequest) -> dict[str, Any]:
 def request_config(request: SearchRequest, opts: dict[str, Any]) -> BpnasConfig:
     """The BP-NAS config of a benchmark request (validated like a YAML config)."""
     epochs = max(1, int(request.epochs))
-    pairs = opts["pairs"] or [[w, a] for w, a in itertools.product(request.w_candidates, request.a_candidates)]
+    pairs = opts["pairs"] or [list(p) for p in itertools.product(request.w_candidates, request.a_candidates)]
     cfg = BpnasConfig(quant=QuantConfig(pairs=[list(p) for p in pairs], blocks=opts["blocks"], first="float",
                                         last="float"))
     s = cfg.search
-    s.b_max, s.mu, s.prob1_weight, s.paths = float(request.budget_avg_bits), opts["mu"], opts["prob1_weight"], \
-        opts["paths"]
+    s.b_max, s.mu, s.prob1_weight = float(request.budget_avg_bits), opts["mu"], opts["prob1_weight"]
+    s.paths = opts["paths"]
     s.warmup_epochs = epochs // 3 if opts["warmup_epochs"] is None else int(opts["warmup_epochs"])
     s.optim.lr, s.arch_optim.lr = float(opts["lr"]), float(opts["arch_lr"])
     s.schedule.epochs, s.max_steps_per_epoch = epochs, int(opts["max_steps_per_epoch"])
@@ -83,13 +84,14 @@ def search(request: SearchRequest) -> BitPolicy:
     budget_bits = (request.budget_bops / cost.flops) ** 0.5
     if abs(budget_bits - cfg.search.b_max) > 1e-6 * cfg.search.b_max:
         raise BudgetError(f"bpnas: budget_avg_bits={cfg.search.b_max:g} disagrees with budget_bops (= "
-                          f"{budget_bits:.6g} average bits over the {cost.flops:.6g} MACs of the searched layers)")
+                          f"{budget_bits:.6g} average bits over the {cost.flops:.6g} MACs of the searched "
+                          "layers)")
     init = feasible_init(cost, cfg.search.b_max, cfg.search.init_margin)  # BudgetError when infeasible
     loader = CappedLoader(build_loader(request.train_set, request.batch_size, train=True, workers=0,
                                        seed=request.seed, distributed=False), cfg.search.max_steps_per_epoch)
     trainer = build_search_trainer(cfg, model, selectors, cost, loader, None, device, None)
-    request.log(f"bpnas: {len(selectors)} blocks x {len(selectors[0].pairs)} pairs, B_max {cfg.search.b_max:g}, "
-                f"initial E(SN) {init['expected_avg_bits']:.4f}")
+    request.log(f"bpnas: {len(selectors)} blocks x {len(selectors[0].pairs)} pairs, "
+                f"B_max {cfg.search.b_max:g}, initial E(SN) {init['expected_avg_bits']:.4f}")
     trainer.fit()
     state = {"b_max": cfg.search.b_max, "flops": cost.flops, "fixed_bops": cost.fixed_bops,
              "expected_avg_bits": cost.value(), "blocks": block_snapshot(selectors, cost),
@@ -108,5 +110,5 @@ def search(request: SearchRequest) -> BitPolicy:
 
 
 METHOD = SearchMethod(name="bpnas", paper="BP-NAS (ECCV 2020)", search=search,
-                      description="barrier-penalty search over block-shared (w, a) pairs; B_max is the request's "
-                                  "average-bit budget (papers/bpnas/bench.py)")
+                      description="barrier-penalty search over block-shared (w, a) pairs; B_max is the "
+                                  "request's average-bit budget (papers/bpnas/bench.py)")

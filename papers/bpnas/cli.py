@@ -17,29 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.errors import ConfigError
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def config_path(name: str | None) -> Path | None:
-    """A YAML path as given, or ``configs/<name>.yaml`` of this package."""
-    if name is None:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config); packaged: {known}")
+from papers.bpnas import PAPER
 
 
 def load(args: argparse.Namespace):
-    from papers.bpnas.config import load_bpnas_config
-
-    return load_bpnas_config(config_path(args.config), args.overrides)
+    """The BpnasConfig of ``-c NAME|PATH`` plus the overrides (core.paper.Paper.load_config)."""
+    return PAPER.load_config(args.config, args.overrides)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -94,12 +77,23 @@ def _figure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", default=None,
-                        help="YAML config path or packaged config name (papers/bpnas/configs/NAME.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. search.b_max=3.5 data.root=/data/cifar10")
-    return parser
+SMOKE = ["data.image_size=8", "data.batch_size=32", "model.kwargs={widths: [4, 8, 8], blocks: 1}",
+         "search.schedule.epochs=2", "search.warmup_epochs=1", "search.max_steps_per_epoch=3",
+         "train.schedule.epochs=1", "train.schedule.milestones=[1]", "train.max_steps_per_epoch=3",
+         "run.log_every=100"]
+
+
+def smoke(out_dir: Path) -> Path:
+    """search -> derive -> train on the ``digits`` config shrunk to seconds; returns results.json."""
+    from papers.bpnas.derive import run_derive
+    from papers.bpnas.search import run_search
+    from papers.bpnas.train import run_train
+
+    cfg = PAPER.load_config("digits", [f"run.out_dir={out_dir}", *SMOKE])
+    run_search(cfg)
+    run_derive(cfg)
+    run_train(cfg)
+    return Path(cfg.run.out_dir) / "results.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -107,22 +101,24 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     group = subparsers.add_parser("bpnas", help="BP-NAS (ECCV 2020): barrier-penalty mixed-precision search",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = group.add_subparsers(metavar="STAGE")
-    stages = (("search", _search, "barrier-penalty search of the supernet, then derive -> RUN_DIR/policy.json"),
+    stages = (("search", _search, "barrier-penalty search of the supernet, then derive -> "
+                                  "RUN_DIR/policy.json"),
               ("derive", _derive, "highest-probability pair per block -> RUN_DIR/policy.json"),
               ("train", _train, "train the derived / published / uniform / random network -> "
                                 "RUN_DIR/results.json"),
               ("run", _run, "search, derive and train in one go"))
     for name, func, text in stages:
-        _with_config(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
+        PAPER.add_config_arguments(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
     plot = sub.add_parser("plot", help="search curves, or supp. Fig. 1 / Fig. 2 as training runs -> PNG")
     psub = plot.add_subparsers(metavar="WHAT")
     p = psub.add_parser("search", help="p per block and E(SN) over the search epochs -> RUN_DIR/plots/")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (run.out_dir) of a search")
     p.set_defaults(func=_plot_search)
-    for figure, text in (("fig1", "supp. Fig. 1: a random mixed network with / without weight uniformization"),
-                         ("fig2", "supp. Fig. 2: the same network with distribution reshaping / with PACT")):
-        _with_config(psub.add_parser(figure, help=text, description=text)).set_defaults(func=_figure,
-                                                                                        figure=figure)
+    figures = (("fig1", "supp. Fig. 1: a random mixed network with / without weight uniformization"),
+               ("fig2", "supp. Fig. 2: the same network with distribution reshaping / with PACT"))
+    for figure, text in figures:
+        fig = PAPER.add_config_arguments(psub.add_parser(figure, help=text, description=text))
+        fig.set_defaults(func=_figure, figure=figure)
     plot.set_defaults(func=lambda a: (plot.print_help(), 1)[1])
     group.set_defaults(func=lambda a: (group.print_help(), 1)[1])
     return group

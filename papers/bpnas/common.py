@@ -1,4 +1,5 @@
-"""What every BP-NAS stage shares: run paths, process setup, data loaders, device names."""
+"""What every BP-NAS stage shares: run paths, process setup and data loaders (core's, with a per-epoch
+step cap for smoke runs)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.config import DataConfig
-from core.data import build_dataset_from_config, build_loader, dataset_info
-from core.engine import DistInfo, init_distributed, seed_everything
-from core.errors import ConfigError
-from core.quant import set_compiled
+from core.engine import DistInfo, classification_data, num_classes_for, setup_process
 from papers.bpnas.config import BpnasConfig
 
 SEARCH_DIR, TRAIN_DIR, FIGURES_DIR = "search", "train", "figures"
@@ -27,11 +23,8 @@ def run_paths(cfg: BpnasConfig) -> tuple[Path, Path, Path]:
 
 
 def setup(cfg: BpnasConfig) -> DistInfo:
-    """Join torchrun's process group (if any), seed (per rank), pick the quantizers' eager/compiled path."""
-    info = init_distributed(cfg.run.device, cfg.run.dist_timeout_s)
-    seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
-    set_compiled(bool(cfg.run.compile))
-    return info
+    """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
+    return setup_process(cfg.run)
 
 
 class CappedLoader:
@@ -64,26 +57,11 @@ class Data:
 
 
 def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> Data:
-    """Train / val loaders with the per-process batch (``data.batch_size`` is the global batch)."""
-    meta = dataset_info(data.name)
-    size = data.image_size or meta.default_image_size
-    if data.batch_size % info.world_size:
-        raise ConfigError(f"data.batch_size={data.batch_size} is not divisible by the {info.world_size} "
-                          "processes; it is the global batch size")
-    per_rank = data.batch_size // info.world_size
-    train = build_loader(build_dataset_from_config(data, "train"), per_rank, train=True, workers=data.workers,
-                         seed=seed)
-    val = build_loader(build_dataset_from_config(data, "val", augment=False),
-                       max(1, (data.val_batch_size or data.batch_size) // info.world_size), train=False,
-                       workers=data.workers)
-    return Data(CappedLoader(train, max_steps), val, meta.num_classes, (meta.in_channels, size, size))
+    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data)."""
+    d = classification_data(data, seed, info=info)
+    return Data(CappedLoader(d.train, max_steps), d.val, d.num_classes, d.input_size)
 
 
-def num_classes_of(cfg: BpnasConfig, data: Data) -> int:
-    return cfg.model.num_classes or data.num_classes
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
+def num_classes_of(cfg: BpnasConfig) -> int:
+    """``model.num_classes``, or the dataset's when it is None."""
+    return num_classes_for(cfg.model, cfg.data.name)

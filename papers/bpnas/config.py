@@ -13,6 +13,8 @@ from typing import Any
 
 from core.config import (
     DataConfig,
+    ExperimentConfig,
+    ModelConfig,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
@@ -20,20 +22,13 @@ from core.config import (
     require,
     require_range,
 )
-from papers.bpnas.quant import DEFAULT_A_K, DEFAULT_W_K, STATS
+from core.quant.scale_clip import DEFAULT_A_K, DEFAULT_W_K, STATS
 from papers.bpnas.supernet import PATH_MODES, TABLE1_PAIRS, check_pairs
 
+__all__ = ["ModelConfig", "QuantConfig", "SearchConfig", "DeriveConfig", "TrainConfig", "FiguresConfig",
+           "BpnasConfig", "load_bpnas_config"]
+
 EDGES = ("float", "w8", "w8a8")
-
-
-@dataclass
-class ModelConfig:
-    """The network (``core.models.build_model``): ``resnet20`` (CIFAR, option-A shortcuts), ``resnet18`` /
-    ``resnet50`` (torchvision), ``digits_resnet`` (CPU demo)."""
-
-    name: str = "resnet20"
-    num_classes: int = 0  # 0: take it from the dataset
-    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -147,9 +142,13 @@ class FiguresConfig:
 
 
 @dataclass
-class BpnasConfig:
-    row: str = ""  # id of the table row this config reproduces
-    model: ModelConfig = field(default_factory=ModelConfig)
+class BpnasConfig(ExperimentConfig):
+    """The shared sections (``table_row``, ``model``, ``data``, ``run``: core.config.ExperimentConfig) with
+    BP-NAS's defaults (ResNet-20 on CIFAR-10, supp. Table 1), plus the search space and the stages.
+    ``model.name`` goes to ``core.models.build_model``: ``resnet20`` (CIFAR, option-A shortcuts),
+    ``resnet18`` / ``resnet50`` (torchvision), ``digits_resnet`` (CPU demo)."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet20"))
     data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10", batch_size=128))
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -159,6 +158,7 @@ class BpnasConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/bpnas/default"))
 
 
-def load_bpnas_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> BpnasConfig:
+def load_bpnas_config(path: str | os.PathLike | None = None,
+                      overrides: list[str] | None = None) -> BpnasConfig:
     """A config file plus ``key=value`` overrides on top of this schema's defaults."""
     return load_config(BpnasConfig, path, overrides)

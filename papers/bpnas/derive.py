@@ -20,10 +20,10 @@ import os
 import time
 from pathlib import Path
 
-from core.engine import atomic_write_text, barrier, is_main, log
+from core.engine import barrier, is_main, log
 from core.errors import ConfigError
 from core.policy import BitPolicy
-from papers.bpnas.common import ARCH_STATE_FILE, POLICY_FILE, run_paths
+from papers.bpnas.common import ARCH_STATE_FILE, POLICY_FILE, num_classes_of, run_paths
 from papers.bpnas.config import BpnasConfig
 from papers.bpnas.models import CONVENTION, policy_report
 from papers.bpnas.search import diagnostics
@@ -32,7 +32,8 @@ from papers.bpnas.search import diagnostics
 def load_arch_state(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path} not found: run `mpq bpnas search` with the same config (run.out_dir) first")
+        raise ConfigError(f"{path} not found: run `mpq bpnas search` with the same config (run.out_dir) "
+                          "first")
     try:
         state = json.loads(path.read_text())
         for block in state["blocks"]:
@@ -100,15 +101,12 @@ def run_derive(cfg: BpnasConfig) -> BitPolicy:
     root, search_dir, _ = run_paths(cfg)
     state = load_arch_state(search_dir / ARCH_STATE_FILE)
     policy = derive_policy(state, cfg.derive.repair)
-    from core.data import dataset_info
-
-    num_classes = cfg.model.num_classes or dataset_info(cfg.data.name).num_classes
-    report = policy_report(cfg, policy, num_classes, state["input_size"])
+    report = policy_report(cfg, policy, num_classes_of(cfg), state["input_size"])
     if not math.isclose(report.avg_bits, policy.meta["avg_bits"], rel_tol=1e-9):
         raise ConfigError(f"the architecture state's MACs disagree with core.bops on {cfg.model.name} "
-                          f"({policy.meta['avg_bits']:.6f} vs {report.avg_bits:.6f} bits): the state belongs to "
-                          "another model or input size")
-    policy.meta.update(bops=report.bops, flops=report.macs, dataset=cfg.data.name, row=cfg.row,
+                          f"({policy.meta['avg_bits']:.6f} vs {report.avg_bits:.6f} bits): the state belongs "
+                          "to another model or input size")
+    policy.meta.update(bops=report.bops, flops=report.macs, dataset=cfg.data.name, table_row=cfg.table_row,
                        derive_wall_s=time.perf_counter() - t0)
     if not policy.meta["within_budget"]:
         log(f"BP-NAS derive: the argmax network averages {report.avg_bits:.4f} bits > B_max = "
@@ -117,7 +115,7 @@ def run_derive(cfg: BpnasConfig) -> BitPolicy:
         policy.save(root / POLICY_FILE)
     barrier()
     log(f"BP-NAS derive: {len(policy.meta['blocks'])} blocks, {report.bops / 1e6:.3f} M BOPs, "
-        f"{report.avg_bits:.4f} average bits (B_max {state['b_max']:g}, {len(policy.meta['repairs'])} repairs) "
-        f"-> {root / POLICY_FILE}")
+        f"{report.avg_bits:.4f} average bits (B_max {state['b_max']:g}, "
+        f"{len(policy.meta['repairs'])} repairs) -> {root / POLICY_FILE}")
     return policy
 

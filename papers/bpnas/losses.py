@@ -34,8 +34,8 @@ class SupernetCost:
     """E(SN) of a supernet: its blocks' selectors, each block's MACs inside the budget, and the constant
     BOPs / MACs of counted layers that are not searched (``fixed_bops``, ``fixed_macs``)."""
 
-    def __init__(self, selectors: Sequence[BlockSelector], block_macs: Sequence[float], fixed_bops: float = 0.0,
-                 fixed_macs: float = 0.0) -> None:
+    def __init__(self, selectors: Sequence[BlockSelector], block_macs: Sequence[float],
+                 fixed_bops: float = 0.0, fixed_macs: float = 0.0) -> None:
         if len(selectors) != len(block_macs) or not selectors:
             raise ConfigError(f"SupernetCost needs one MAC count per block ({len(selectors)} blocks, "
                               f"{len(block_macs)} counts)")
@@ -62,8 +62,9 @@ class SupernetCost:
                 fixed_bops += row.macs * w * a
                 fixed_macs += row.macs
             else:
-                raise ConfigError(f"layer {row.name!r} is inside the {report.convention!r} budget but neither "
-                                  "searched nor given fixed bits; search it or exclude it from the budget")
+                raise ConfigError(f"layer {row.name!r} is inside the {report.convention!r} budget but "
+                                  "neither searched nor given fixed bits; search it or exclude it from the "
+                                  "budget")
         return cls(selectors, macs, fixed_bops, fixed_macs)
 
     def expected_bops(self) -> torch.Tensor:
@@ -153,8 +154,8 @@ def feasible_init(cost: SupernetCost, b_max: float, margin: float) -> dict[str, 
 
     Uniform ``p`` (all logits 0) when its E(SN) is at most ``B_max - margin``; otherwise the
     maximum-entropy ``p`` whose E(SN) is the target ``B_max - min(margin, (B_max - E_min) / 2)``, i.e.
-    ``p_bk ~ exp(-lam M_b w_k a_k)`` (the maximiser of sum_b H(p_b) at a given expected BOPs) with ``lam`` found
-    by bisection. ``E_min`` (every block at its cheapest pair) >= ``B_max`` raises :class:`BudgetError`.
+    ``p_bk ~ exp(-lam M_b w_k a_k)`` (the maximiser of sum_b H(p_b) at a given expected BOPs) with ``lam``
+    found by bisection. ``E_min`` (every block at its cheapest pair) >= ``B_max`` raises :class:`BudgetError`.
     Returns ``{"lambda", "target", "expected_avg_bits", "uniform_avg_bits", "min_avg_bits"}``.
     """
     e_min = cost.avg_bits(cost.cheapest())

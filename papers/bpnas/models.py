@@ -8,17 +8,20 @@ grouped into blocks by ``quant.blocks`` (``2``: ResNet blocks ``layerS.I``, the 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from core.bops import count
+from core.config import ModelConfig
 from core.errors import ConfigError
+from core.export.spec import ExportSpec
 from core.models import build_model
-from core.nn import QuantSpec, quantizable_layers, quantize_model
+from core.nn import QuantSpec, quantize_model
 from core.policy import BitPolicy
-from papers.bpnas.config import BpnasConfig, ModelConfig, QuantConfig
+from papers.bpnas.config import BpnasConfig, QuantConfig
 from papers.bpnas.losses import SupernetCost
 from papers.bpnas.supernet import KIND, BlockSelector, block_of, block_selectors
 
@@ -26,7 +29,8 @@ CONVENTION = "bpnas"
 
 
 def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    return build_model(cfg.name, num_classes=num_classes, **cfg.kwargs)
+    """The float network of ``model`` (``core.models.build_model``; ``pretrained``: a local weights file)."""
+    return build_model(cfg.name, num_classes=num_classes, pretrained=cfg.pretrained, **cfg.kwargs)
 
 
 def quantizer_options(quant: QuantConfig, w_quant: str | None = None, a_quant: str | None = None
@@ -44,6 +48,11 @@ def quantizer_options(quant: QuantConfig, w_quant: str | None = None, a_quant: s
     return w_quant, w_opts, a_quant, a_opts
 
 
+def fixed_spec(quant: QuantConfig, w_quant: str | None = None, a_quant: str | None = None) -> QuantSpec:
+    """The QuantSpec of the final network: fixed QConv2d / QLinear (bits then set by a policy)."""
+    return _spec(quant, "fixed", w_quant=w_quant, a_quant=a_quant)
+
+
 def _spec(quant: QuantConfig, kind: str, options: dict | None = None, w_quant: str | None = None,
           a_quant: str | None = None) -> QuantSpec:
     wq, w_opts, aq, a_opts = quantizer_options(quant, w_quant, a_quant)
@@ -54,7 +63,8 @@ def _spec(quant: QuantConfig, kind: str, options: dict | None = None, w_quant: s
 
 def supernet_spec(quant: QuantConfig, paths: str) -> QuantSpec:
     """The QuantSpec of the supernet: every searched layer a PairConv2d / PairLinear over ``quant.pairs``."""
-    return _spec(quant, KIND, {"pairs": [list(p) for p in quant.pairs], "blocks": quant.blocks, "paths": paths})
+    options = {"pairs": [list(p) for p in quant.pairs], "blocks": quant.blocks, "paths": paths}
+    return _spec(quant, KIND, options)
 
 
 def build_supernet(cfg: BpnasConfig, num_classes: int, input_size: tuple[int, int, int],
@@ -75,8 +85,16 @@ def build_fixed_model(cfg: BpnasConfig, num_classes: int, w_quant: str | None = 
     """The fixed-precision network (QConv2d / QLinear with the reshaping quantizers); bits are then set
     per layer by a :class:`BitPolicy`. Returns the model and its policy layer names."""
     model = build_float_model(cfg.model, num_classes)
-    names = quantize_model(model, _spec(cfg.quant, "fixed", w_quant=w_quant, a_quant=a_quant))
+    names = quantize_model(model, fixed_spec(cfg.quant, w_quant, a_quant))
     return model, names
+
+
+def export_spec(cfg: BpnasConfig, num_classes: int, input_size: tuple[int, int, int], policy: BitPolicy,
+                checkpoint: str, meta: dict) -> ExportSpec:
+    """How ``mpq export`` rebuilds the final network (``core.export.spec``)."""
+    return ExportSpec(model=cfg.model.name, num_classes=num_classes, input_size=tuple(input_size),
+                      checkpoint=checkpoint, quant=asdict(fixed_spec(cfg.quant)), policy=policy.to_dict(),
+                      model_kwargs=dict(cfg.model.kwargs), meta=meta)
 
 
 def layer_blocks(names: list[str], rule: Any) -> dict[str, list[str]]:
@@ -109,5 +127,3 @@ def policy_report(cfg: BpnasConfig, policy: BitPolicy, num_classes: int, input_s
                  convention=CONVENTION)
 
 
-def searched_layer_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in quantizable_layers(model)]

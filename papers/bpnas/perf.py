@@ -1,4 +1,4 @@
-"""Search-step cost of the BP-NAS supernet, as ratios measured in one run (``mpq bench perf``, group ``bpnas``).
+"""Search-step cost of the BP-NAS supernet, as ratios measured in one run (``mpq bench perf``, ``bpnas``).
 
 :func:`search_step_times` times one training step (forward, backward, optimizer steps) of ResNet-20 on
 32x32 inputs for
@@ -12,8 +12,9 @@
   bit-width of the pairs, two for Table 1's pairs).
 
 The goal of the issue is ``search_sample / uniform <= 1.3``. The variants are timed in interleaved rounds
-(``rounds`` x ``block`` steps each) so that a slow phase of a shared machine hits all of them alike; each figure
-is the median over its steps. ``python -m papers.bpnas.perf`` prints the JSON (``--device cuda`` on a GPU).
+(``rounds`` x ``block`` steps each) so that a slow phase of a shared machine hits all of them alike; each
+figure is the median over its steps. ``python -m papers.bpnas.perf`` prints the JSON (``--device cuda`` on
+a GPU).
 """
 
 from __future__ import annotations
@@ -124,9 +125,9 @@ def perf_group(smoke: bool = False) -> list[dict]:
     res = search_step_times(batch=32 if smoke else 128, rounds=1 if smoke else 5, block=1 if smoke else 3,
                             warmup=1 if smoke else 2, device=device)
     times = res["times"]
-    return [{"name": f"bpnas {a} step (ResNet-20, b{res['batch']}, 32px, {res['device']})", "value": times[a],
-             "unit": "s", "baseline": f"{b} W4A4 step", "baseline_value": times[b], "ratio": times[a] / times[b]}
-            for a, b in RATIOS]
+    return [{"name": f"bpnas {a} step (ResNet-20, b{res['batch']}, 32px, {res['device']})",
+             "value": times[a], "unit": "s", "baseline": f"{b} W4A4 step", "baseline_value": times[b],
+             "ratio": times[a] / times[b]} for a, b in RATIOS]
 
 
 PERF = {"bpnas": perf_group}
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
-    res = search_step_times(args.model, args.batch, args.image_size, args.rounds, args.block, device=args.device)
+    res = search_step_times(args.model, args.batch, args.image_size, args.rounds, args.block,
+                            device=args.device)
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:

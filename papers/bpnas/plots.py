@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core.engine import is_main, log
 from core.errors import ConfigError
-from papers.bpnas.common import FIGURES_DIR, TRAIN_DIR, run_paths
+from papers.bpnas.common import FIGURES_DIR, TRAIN_DIR
 from papers.bpnas.config import BpnasConfig
 
 FIGURES = ("fig1", "fig2")

@@ -91,15 +91,18 @@ class BpnasSearchTrainer(Trainer):
     :func:`papers.bpnas.models.build_supernet` (or any model built with the ``bpnas_pairs`` kind);
     ``search`` holds b_max, mu, prob1_weight, warmup_epochs, baseline_decay, boundary_eps, max_backtracks.
     ``history_dir`` (rank 0) receives ``arch_history.json`` and ``arch_state.json``. ``self.trace`` lists
-    E(SN) after every architecture step of this process (the feasibility record of the tests).
+    E(SN) after every architecture step of this process (the feasibility record of the tests). The pairs of
+    step ``t`` are drawn from a generator seeded with ``(path_seed, t)``: the same on every rank and for any
+    number of processes, and reproduced on resume.
     """
 
     def __init__(self, *args: Any, selectors: list[BlockSelector], cost: SupernetCost, search: SearchConfig,
-                 history_dir: str | Path | None = None, state_meta: dict | None = None, **kwargs: Any):
+                 history_dir: str | Path | None = None, state_meta: dict | None = None, path_seed: int = 0,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         if set(self.optimizers) != {"weights", "arch"}:
             raise ConfigError("the BP-NAS search needs two optimizers named 'weights' and 'arch'")
-        self.selectors, self.cost, self.search = selectors, cost, search
+        self.selectors, self.cost, self.search, self.path_seed = selectors, cost, search, int(path_seed)
         self.sampled = any(s.paths == "sample" for s in selectors)
         self.history_dir = Path(history_dir) if history_dir is not None else None
         self.state_meta = dict(state_meta or {})
@@ -115,7 +118,8 @@ class BpnasSearchTrainer(Trainer):
     def train_step(self, batch: Any) -> dict[str, Any]:
         images, targets = move_to(batch, self.device)[:2]
         if self.sampled:
-            resample_paths(self.selectors)
+            generator = torch.Generator().manual_seed(self.path_seed * 1_000_003 + self.step)
+            resample_paths(self.selectors, generator)
         logits = self.model(images)
         ce = self.criterion(logits, targets)
         scalars: dict[str, Any] = {"ce": ce.detach(), "top1": accuracy(logits.detach(), targets)}
@@ -157,8 +161,9 @@ class BpnasSearchTrainer(Trainer):
         snap = self.snapshot()
         argmax = {b["name"]: tuple(b["pairs"][max(range(len(b["probs"])), key=b["probs"].__getitem__)])
                   for b in snap}
-        entry = {"epoch": int(epoch), "probs": [b["probs"] for b in snap], "expected_avg_bits": self.cost.value(),
-                 "argmax_avg_bits": self.cost.avg_bits(argmax), **self._epoch_arch}
+        entry = {"epoch": int(epoch), "probs": [b["probs"] for b in snap],
+                 "expected_avg_bits": self.cost.value(), "argmax_avg_bits": self.cost.avg_bits(argmax),
+                 **self._epoch_arch}
         self.arch_history = [e for e in self.arch_history if e["epoch"] < epoch] + [entry]
         self._epoch_arch = {"backtracks": 0, "rejected": 0, "steps": 0}
         self.write_files(snap, epoch)
@@ -173,8 +178,9 @@ class BpnasSearchTrainer(Trainer):
                    "epochs": self.arch_history}
         atomic_write_text(self.history_dir / "arch_history.json", json.dumps(history) + "\n")
         state = {**self.state_meta, "b_max": s.b_max, "mu": s.mu, "prob1_weight": s.prob1_weight,
-                 "paths": "sample" if self.sampled else "mixture", "convention": CONVENTION, "epoch": int(epoch),
-                 "flops": self.cost.flops, "fixed_bops": self.cost.fixed_bops, "expected_avg_bits": self.cost.value(), "blocks": snap}
+                 "paths": "sample" if self.sampled else "mixture", "convention": CONVENTION,
+                 "epoch": int(epoch), "flops": self.cost.flops, "fixed_bops": self.cost.fixed_bops,
+                 "expected_avg_bits": self.cost.value(), "blocks": snap}
         atomic_write_text(self.history_dir / ARCH_STATE_FILE, json.dumps(state, indent=1) + "\n")
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -199,9 +205,10 @@ def average_arch_gradients(selectors: list[BlockSelector]) -> None:
             s.alpha.grad.copy_(all_reduce_mean(s.alpha.grad))
 
 
-def build_search_trainer(cfg: BpnasConfig, model: nn.Module, selectors: list[BlockSelector], cost: SupernetCost,
-                         train_loader: Any, val_loader: Any, device: torch.device, run_dir: Path | None,
-                         state_meta: dict | None = None, **overrides: Any) -> BpnasSearchTrainer:
+def build_search_trainer(cfg: BpnasConfig, model: nn.Module, selectors: list[BlockSelector],
+                         cost: SupernetCost, train_loader: Any, val_loader: Any, device: torch.device,
+                         run_dir: Path | None, state_meta: dict | None = None,
+                         **overrides: Any) -> BpnasSearchTrainer:
     """The search trainer of ``cfg`` over a built supernet (logits already feasible)."""
     s = cfg.search
     if is_distributed():
@@ -215,11 +222,11 @@ def build_search_trainer(cfg: BpnasConfig, model: nn.Module, selectors: list[Blo
     return BpnasSearchTrainer(model, optimizers, train_loader, val_loader, epochs=s.schedule.epochs,
                               schedulers=schedulers, device=device, config=config_to_dict(cfg),
                               find_unused_parameters=True, selectors=selectors, cost=cost, search=s,
-                              history_dir=run_dir, state_meta=state_meta, **kwargs)
+                              history_dir=run_dir, state_meta=state_meta, path_seed=cfg.run.seed, **kwargs)
 
 
-def prepare_supernet(cfg: BpnasConfig, num_classes: int, input_size: tuple[int, int, int], device: torch.device
-                     ) -> tuple[nn.Module, list[BlockSelector], SupernetCost, dict]:
+def prepare_supernet(cfg: BpnasConfig, num_classes: int, input_size: tuple[int, int, int],
+                     device: torch.device) -> tuple[nn.Module, list[BlockSelector], SupernetCost, dict]:
     """The supernet with feasible initial logits, and the initialisation record."""
     model, selectors, cost = build_supernet(cfg, num_classes, input_size, device)
     init = feasible_init(cost, cfg.search.b_max, cfg.search.init_margin)
@@ -235,14 +242,15 @@ def run_search(cfg: BpnasConfig) -> dict:
     info = setup(cfg)
     data = build_data(cfg.data, info, cfg.run.seed, cfg.search.max_steps_per_epoch)
     _, search_dir, _ = run_paths(cfg)
-    model, selectors, cost, init = prepare_supernet(cfg, num_classes_of(cfg, data), data.input_size, info.device)
+    model, selectors, cost, init = prepare_supernet(cfg, num_classes_of(cfg), data.input_size, info.device)
     meta = {"model": cfg.model.name, "input_size": list(data.input_size), "dataset": cfg.data.name,
-            "row": cfg.row, "init": init}
+            "table_row": cfg.table_row, "init": init}
     trainer = build_search_trainer(cfg, model, selectors, cost, data.train, data.val, info.device, search_dir,
                                    state_meta=meta)
-    log(f"BP-NAS search: {len(selectors)} blocks x {len(selectors[0].pairs)} pairs, B_max={cfg.search.b_max:g}, "
-        f"paths={cfg.search.paths}, initial E(SN)={init['expected_avg_bits']:.4f} "
-        f"(uniform p: {init['uniform_avg_bits']:.4f}, cheapest: {init['min_avg_bits']:.4f})")
+    log(f"BP-NAS search: {len(selectors)} blocks x {len(selectors[0].pairs)} pairs, "
+        f"B_max={cfg.search.b_max:g}, paths={cfg.search.paths}, "
+        f"initial E(SN)={init['expected_avg_bits']:.4f} (uniform p: {init['uniform_avg_bits']:.4f}, "
+        f"cheapest: {init['min_avg_bits']:.4f})")
     record = trainer.fit()
     wall = time.perf_counter() - t0
     if is_main():

@@ -44,7 +44,7 @@ from core.errors import ConfigError
 from core.nn import KindContext, QuantSpec, build_quantizer, register_layer_kind
 from core.nn.qlayers import copy_float_params
 from core.policy import BitPolicy
-from papers.bpnas.quant import share_running_stat, stats_frozen
+from core.quant.scale_clip import share_running_stat, stats_frozen
 
 KIND = "bpnas_pairs"
 PATH_MODES = ("sample", "mixture")
@@ -151,15 +151,17 @@ class _PairMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _init_pairs(self, pairs: Sequence[Sequence[int]], w_quant: str, a_quant: str,
-                    w_options: dict | None, a_options: dict | None, out_channels: int, in_channels: int) -> None:
+    def _init_pairs(self, pairs: Sequence[Sequence[int]], w_quant: str, a_quant: str, w_options: dict | None,
+                    a_options: dict | None, out_channels: int, in_channels: int) -> None:
         self.pairs = check_pairs(pairs)
         self.w_candidates = sorted({w for w, _ in self.pairs})
         self.a_candidates = sorted({a for _, a in self.pairs})
-        self.w_quantizers = nn.ModuleDict(
-            {str(b): build_quantizer(w_quant, b, "weight", w_options, out_channels) for b in self.w_candidates})
-        self.a_quantizers = nn.ModuleDict(
-            {str(b): build_quantizer(a_quant, b, "activation", a_options, in_channels) for b in self.a_candidates})
+        self.w_quantizers = nn.ModuleDict({str(b): build_quantizer(w_quant, b, "weight", w_options,
+                                                                   out_channels)
+                                           for b in self.w_candidates})
+        self.a_quantizers = nn.ModuleDict({str(b): build_quantizer(a_quant, b, "activation", a_options,
+                                                                   in_channels)
+                                           for b in self.a_candidates})
         share_running_stat(list(self.a_quantizers.values()))
         self.selector: BlockSelector | None = None  # set by the kind's post-pass (shared by the block)
         self.bit_frozen = False
@@ -234,10 +236,11 @@ def attach_block_selectors(model: nn.Module, spec: QuantSpec, ctx: KindContext) 
 
 
 @register_layer_kind(KIND, layers=(PairConv2d, PairLinear), w_quant="scale_clip", a_quant="scale_clip",
-                     options={"pairs": [list(p) for p in TABLE1_PAIRS], "blocks": "parent", "paths": "mixture",
-                              "alpha_init": 0.0},
+                     options={"pairs": [list(p) for p in TABLE1_PAIRS], "blocks": "parent",
+                              "paths": "mixture", "alpha_init": 0.0},
                      post=attach_block_selectors)
-def build_pair_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindContext) -> PairConv2d | PairLinear:
+def build_pair_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindContext
+                     ) -> PairConv2d | PairLinear:
     """PairConv2d / PairLinear: BP-NAS's searchable layer over block-shared (w_bits, a_bits) pairs."""
     if isinstance(module, nn.Conv2d):
         new = PairConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,

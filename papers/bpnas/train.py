@@ -7,7 +7,10 @@ block at a pair drawn from ``figures.pairs`` with ``figures.seed``: supp. sectio
 ``policy.json``. The layers are core's fixed-precision ``QConv2d`` / ``QLinear`` with the reshaping
 quantizers of ``quant`` (the same as the search); the first conv and the classifier at 8 bits.
 
-At the end ``RUN_DIR/results.json`` holds the results contract (BOPs under the ``bpnas`` convention).
+At the end ``RUN_DIR/results.json`` is a :class:`core.results.RunResult` (counts under the ``bpnas``
+convention; ``extra``: ``policy_source``, ``epochs``, ``b_max`` and ``within_budget`` of a policy that states
+a budget, the ``quantizers``), and ``RUN_DIR/train/export.json`` lets ``mpq export RUN_DIR`` rebuild the
+network.
 """
 
 from __future__ import annotations
@@ -18,30 +21,15 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from core.engine import (
-    Trainer,
-    atomic_write_text,
-    build_optimizer,
-    build_scheduler,
-    code_version,
-    is_main,
-    log,
-    trainer_kwargs,
-)
+from core.engine import Trainer, build_optimizer, build_scheduler, is_main, log, trainer_kwargs
 from core.errors import ConfigError
+from core.export.spec import write_export_spec
 from core.nn import freeze_full_precision_quantizers
 from core.policy import BitPolicy
-from papers.bpnas.common import (
-    POLICY_FILE,
-    RESULTS_FILE,
-    build_data,
-    device_name,
-    num_classes_of,
-    run_paths,
-    setup,
-)
+from core.results import RunResult, run_result, write_results
+from papers.bpnas.common import POLICY_FILE, RESULTS_FILE, build_data, num_classes_of, run_paths, setup
 from papers.bpnas.config import BpnasConfig
-from papers.bpnas.models import CONVENTION, build_fixed_model, policy_report, random_block_policy
+from papers.bpnas.models import CONVENTION, build_fixed_model, export_spec, policy_report, random_block_policy
 
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 POLICY_SOURCES = ("searched", "uniform", "random")
@@ -64,9 +52,10 @@ def resolve_policy(cfg: BpnasConfig, names: list[str]) -> BitPolicy:
         return BitPolicy.load(POLICY_DIR / f"{src}.json")
     path = root / POLICY_FILE if src == "searched" else Path(src)
     if not path.is_file():
-        hint = ("run `mpq bpnas search` and `mpq bpnas derive` with the same config first" if src == "searched"
-                else f"train.policy must be one of {', '.join(POLICY_SOURCES)}, a packaged policy "
-                     f"({', '.join(packaged_policies())}) or a policy.json path")
+        hint = ("run `mpq bpnas search` and `mpq bpnas derive` with the same config first"
+                if src == "searched" else
+                f"train.policy must be one of {', '.join(POLICY_SOURCES)}, a packaged policy "
+                f"({', '.join(packaged_policies())}) or a policy.json path")
         raise ConfigError(f"policy {src!r}: {path} not found; {hint}")
     return BitPolicy.load(path)
 
@@ -94,13 +83,13 @@ def _stage_times(root: Path) -> dict[str, float]:
     return times
 
 
-def run_train(cfg: BpnasConfig) -> dict:
+def run_train(cfg: BpnasConfig) -> RunResult:
     """``mpq bpnas train``: train the network of ``train.policy``; writes RUN_DIR/train/ and results.json."""
     t0 = time.perf_counter()
     info = setup(cfg)
     data = build_data(cfg.data, info, cfg.run.seed, cfg.train.max_steps_per_epoch)
     root, _, train_dir = run_paths(cfg)
-    num_classes = num_classes_of(cfg, data)
+    num_classes = num_classes_of(cfg)
     model, policy = build_train_model(cfg, num_classes)
     model.to(info.device)
     optimizer = build_optimizer(cfg.train.optim, model.parameters())
@@ -113,34 +102,21 @@ def run_train(cfg: BpnasConfig) -> dict:
         raise ConfigError("training finished without a validation result (no val loader?)")
     report = policy_report(cfg, policy, num_classes, data.input_size)
     b_max = policy.meta.get("b_max")
-    results = {
-        "paper": "bpnas",
-        "row": cfg.row,
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "policy_source": cfg.train.policy,
-        "policy": policy.to_dict(),
-        "quantizers": {"w": cfg.quant.w_quant, "a": cfg.quant.a_quant, "uniformize": cfg.quant.uniformize},
-        "params": report.params,
-        "macs": report.macs,
-        "macs_all": report.macs_all,
-        "bops": report.bops,
-        "bops_convention": CONVENTION,
-        "avg_bits": report.avg_bits,
-        "b_max": b_max,
-        "within_budget": None if b_max is None else report.avg_bits <= b_max,
-        "size_mb": report.size_mb(),
-        "top1": record["val_top1"],
-        "top5": record["val_top5"],
-        "epochs": cfg.train.schedule.epochs,
-        "wall_time_s": {**_stage_times(root), "train": time.perf_counter() - t0},
-        "device": device_name(info.device),
-        "world_size": info.world_size,
-        "seed": cfg.run.seed,
-        "code_version": code_version(),
-    }
-    if is_main():
-        atomic_write_text(root / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
-    log(f"BP-NAS train: top-1 {results['top1']:.2f} top-5 {results['top5']:.2f}, average bits "
-        f"{results['avg_bits']:.3f} ({CONVENTION}) -> {root / RESULTS_FILE}")
-    return results
+    method = "bpnas" if policy.meta.get("method") == "bpnas" else cfg.train.policy
+    within = None if b_max is None else report.avg_bits <= b_max
+    result = run_result(cfg, info, paper="bpnas", method=method, report=report, policy=policy,
+                        metrics={"top1": record["val_top1"], "top5": record["val_top5"],
+                                 "loss": record["val_loss"]},
+                        wall_time_s={**_stage_times(root), "train": time.perf_counter() - t0},
+                        extra={"policy_source": cfg.train.policy, "epochs": cfg.train.schedule.epochs,
+                               "b_max": b_max, "within_budget": within,
+                               "quantizers": {"w": cfg.quant.w_quant, "a": cfg.quant.a_quant,
+                                              "uniformize": cfg.quant.uniformize}})
+    write_results(root / RESULTS_FILE, result)
+    if is_main():  # for `mpq export RUN_DIR`: the final weights are last.pt
+        meta = {"paper": "bpnas", "table_row": cfg.table_row, "policy_source": cfg.train.policy}
+        write_export_spec(train_dir, export_spec(cfg, num_classes, data.input_size, policy,
+                                                 "checkpoints/last.pt", meta))
+    log(f"BP-NAS train: top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}, average bits "
+        f"{report.avg_bits:.3f} ({CONVENTION}) -> {root / RESULTS_FILE}")
+    return result

@@ -26,8 +26,9 @@ def _request(tmp_path, budget_bits, **options):
 
     train = build_dataset("digits", split="train", image_size=8)
     macs = count(make(), (3, 8, 8), policy=BitPolicy.uniform(NAMES, 1, 1), convention="bpnas").bops
-    return SearchRequest(build_model=make, input_size=(3, 8, 8), num_classes=10, train_set=train, val_set=train,
-                         w_candidates=(2, 3, 4), a_candidates=(2, 3, 4), budget_bops=budget_bits ** 2 * macs,
+    return SearchRequest(build_model=make, input_size=(3, 8, 8), num_classes=10, train_set=train,
+                         val_set=train, w_candidates=(2, 3, 4), a_candidates=(2, 3, 4),
+                         budget_bops=budget_bits ** 2 * macs,
                          budget_avg_bits=budget_bits, run_dir=tmp_path, epochs=2, batch_size=32,
                          log=lambda msg: None, options={"max_steps_per_epoch": 3, **options})
 

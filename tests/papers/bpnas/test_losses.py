@@ -116,7 +116,8 @@ def test_a_counted_layer_outside_every_block_is_an_error():
         SupernetCost.from_report([sel], report)
     fixed = {r.name: (4, 4) for r in report.counted_rows if r.name != "layer1.0.conv1"}
     cost = SupernetCost.from_report([sel], report, fixed_bits=fixed)
-    assert cost.flops == pytest.approx(report.macs) and cost.fixed_macs == pytest.approx(report.macs - 4718592 / 2)
+    assert cost.flops == pytest.approx(report.macs)
+    assert cost.fixed_macs == pytest.approx(report.macs - 4718592 / 2)
 
 
 # ------------------------------------------------------------------------------ eq. 3-5
@@ -178,7 +179,8 @@ def test_prob1_value_and_gradient_eq7():
     blocks = [torch.softmax(torch.randn(k, dtype=torch.float64), 0).requires_grad_() for k in (2, 3, 5)]
     value = prob1_regularizer(blocks)
     plain = [p.detach() for p in blocks]
-    assert float(value.detach()) == pytest.approx(sum(math.prod(1 - float(x) for x in p) for p in plain), rel=1e-12)
+    manual = sum(math.prod(1 - float(x) for x in p) for p in plain)
+    assert float(value.detach()) == pytest.approx(manual, rel=1e-12)
     grads = torch.autograd.grad(value, blocks)
     for p, g in zip(plain, grads):
         assert torch.allclose(g, prob1_gradient(p), rtol=1e-12)
@@ -210,7 +212,8 @@ def test_feasible_init(resnet20, b_max):
     _, selectors, cost = resnet20
     info = feasible_init(cost, b_max, margin=0.1)
     uniform = math.sqrt(sum(w * a for w, a in TABLE1_PAIRS) / len(TABLE1_PAIRS))
-    assert info["uniform_avg_bits"] == pytest.approx(uniform) and info["min_avg_bits"] == pytest.approx(8 ** 0.5)
+    assert info["uniform_avg_bits"] == pytest.approx(uniform)
+    assert info["min_avg_bits"] == pytest.approx(8 ** 0.5)
     assert cost.value() < b_max
     if uniform <= b_max - 0.1:  # B_max = 4: the uniform p is feasible and kept
         assert info["lambda"] == 0 and all(float(s.alpha.detach().abs().max()) == 0 for s in selectors)

@@ -9,15 +9,11 @@ import pytest
 
 from core.cli import main as mpq
 from core.policy import BitPolicy
-from papers.bpnas.cli import CONFIG_DIR
-from papers.bpnas.config import load_bpnas_config
+from core.results import load_results
+from papers.bpnas import PAPER
+from papers.bpnas.cli import SMOKE as TINY
 from papers.bpnas.train import packaged_policies
 from tests.fixtures import write_cifar10
-
-TINY = ["data.image_size=8", "data.batch_size=32", "model.kwargs={widths: [4, 8, 8], blocks: 1}",
-        "search.schedule.epochs=2", "search.warmup_epochs=1", "search.max_steps_per_epoch=3",
-        "train.schedule.epochs=1", "train.schedule.milestones=[1]", "train.max_steps_per_epoch=3",
-        "run.log_every=100"]
 
 
 @pytest.mark.slow  # ~20 s on a loaded 2-core machine (imports of matplotlib included)
@@ -38,13 +34,13 @@ def test_search_derive_train_and_plot_through_the_cli(tmp_path):
     assert policy.meta["within_budget"] and policy.meta["avg_bits"] <= 3.5
 
     assert mpq(["bpnas", "train", "-c", "digits", f"run.out_dir={out}", *TINY]) == 0
-    results = json.loads((out / "results.json").read_text())
-    for key in ("paper", "row", "model", "dataset", "policy", "params", "macs", "bops", "avg_bits", "size_mb",
-                "top1", "top5", "wall_time_s", "device", "seed", "code_version"):
-        assert key in results, key
-    assert results["paper"] == "bpnas" and results["bops_convention"] == "bpnas"
-    assert results["bops"] == pytest.approx(policy.meta["bops"]) and results["within_budget"] is True
-    assert set(results["wall_time_s"]) == {"search", "derive", "train"}
+    results = load_results(out / "results.json")
+    assert results.paper == results.method == "bpnas" and results.counts.convention == "bpnas"
+    assert results.counts.bops == pytest.approx(policy.meta["bops"])
+    assert results.extra["within_budget"] is True
+    assert set(results.wall_time_s) == {"search", "derive", "train"}
+    assert results.policy["meta"]["blocks"] == policy.meta["blocks"]
+    assert (out / "train" / "export.json").is_file()
 
     assert mpq(["bpnas", "plot", "search", str(out)]) == 0
     for png in ("arch_evolution.png", "complexity.png"):
@@ -60,11 +56,11 @@ def test_table1_policies_train_directly(tmp_path, b_max):
     assert mpq(["bpnas", "train", "-c", f"cifar10_resnet20_table1_bmax{b_max}", f"data.root={root}",
                 f"run.out_dir={out}", "data.batch_size=10", "data.workers=0", "run.device=cpu",
                 "train.schedule.epochs=1", "train.max_steps_per_epoch=1", "run.log_every=100"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = load_results(out / "results.json")
     expected = {"3": 2.9605, "3.5": 3.1947, "4": 3.5438}[b_max]
-    assert results["avg_bits"] == pytest.approx(expected, abs=1e-4)
-    assert results["b_max"] == float(b_max) and results["within_budget"] is True
-    assert results["policy"]["meta"]["source"].startswith("BP-NAS supplementary Table 1")
+    assert results.counts.avg_bits == pytest.approx(expected, abs=1e-4)
+    assert results.extra["b_max"] == float(b_max) and results.extra["within_budget"] is True
+    assert results.policy["meta"]["source"].startswith("BP-NAS supplementary Table 1")
 
 
 @pytest.mark.slow  # two short trainings
@@ -72,11 +68,11 @@ def test_figure1_run_writes_its_png(tmp_path):
     out = tmp_path / "figs"
     assert mpq(["bpnas", "plot", "fig1", "-c", "digits_figures", f"run.out_dir={out}", *TINY]) == 0
     assert (out / "figures" / "fig1.png").stat().st_size > 1000
-    arms = [json.loads((out / "figures" / "fig1" / arm / "results.json").read_text())
+    arms = [load_results(out / "figures" / "fig1" / arm / "results.json")
             for arm in ("with_uniformization", "without_uniformization")]
-    assert arms[0]["policy"]["layers"] == arms[1]["policy"]["layers"]  # one random policy for both
-    assert {tuple(p) for p in arms[0]["policy"]["meta"]["blocks"].values()} <= {(1, 1), (2, 2), (4, 4), (8, 8)}
-    assert [a["quantizers"]["uniformize"] for a in arms] == [True, False]
+    assert arms[0].policy["layers"] == arms[1].policy["layers"]  # one random policy for both
+    assert {tuple(p) for p in arms[0].policy["meta"]["blocks"].values()} <= {(1, 1), (2, 2), (4, 4), (8, 8)}
+    assert [a.extra["quantizers"]["uniformize"] for a in arms] == [True, False]
 
 
 def test_bad_input_gives_one_clear_error(tmp_path, capsys):
@@ -93,13 +89,12 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys):
     assert "packaged" in capsys.readouterr().err
 
 
-def test_every_packaged_config_loads():
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+def test_packaged_configs_name_their_policies():
+    names = PAPER.config_names()
     assert len(names) >= 11
     for name in names:
-        cfg = load_bpnas_config(CONFIG_DIR / f"{name}.yaml")
-        policy = cfg.train.policy
+        policy = PAPER.load_config(name).train.policy
         assert policy in ("searched", "random") or policy in packaged_policies(), name
-    assert load_bpnas_config(CONFIG_DIR / "cifar10_resnet20_bmax3.yaml").search.b_max == 3.0
-    assert load_bpnas_config(CONFIG_DIR / "cifar10_resnet20_table1_bmax3.5.yaml").train.policy == "table1_bmax3.5"
-    assert load_bpnas_config(CONFIG_DIR / "resnet50_imagenet.yaml").model.name == "resnet50"
+    assert PAPER.load_config("cifar10_resnet20_bmax3").search.b_max == 3.0
+    assert PAPER.load_config("cifar10_resnet20_table1_bmax3.5").train.policy == "table1_bmax3.5"
+    assert PAPER.load_config("resnet50_imagenet").model.name == "resnet50"

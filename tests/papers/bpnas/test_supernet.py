@@ -10,8 +10,7 @@ from torch import nn
 from core.errors import ConfigError
 from core.models import build_model
 from core.nn import QConv2d, QuantSpec, arch_parameters, quantizable_layers, quantize_model
-from core.quant import create_quantizer
-from papers.bpnas.quant import ScaleClipQuantizer, stats_frozen
+from core.quant.scale_clip import stats_frozen
 from papers.bpnas.supernet import (
     PairConv2d,
     PairLinear,
@@ -39,7 +38,7 @@ def test_blocks_share_one_selector_and_its_logits():
     layers = quantizable_layers(model)
     assert len(layers) == 12 and all(isinstance(m, PairConv2d) for _, m in layers)
     selectors = block_selectors(model)
-    assert [s.name for s in selectors] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
+    assert [s.name for s in selectors] == [f"layer{i}.{j}" for i in (1, 2, 3) for j in (0, 1)]
     assert [s.layer_names for s in selectors][2] == ["layer2.0.conv1", "layer2.0.conv2"]
     assert model.get_submodule("layer2.0.conv1").selector is model.get_submodule("layer2.0.conv2").selector
     assert len(arch_parameters(model)) == 6 and all(p.numel() == 4 for p in arch_parameters(model))
@@ -70,11 +69,11 @@ def test_block_rules():
 
 def test_mapping_and_callable_blocks_and_linear_layers():
     """A detection-like grouping: any name -> block mapping, linears included (each block one pair)."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8),
-                          nn.ReLU(), nn.Linear(8, 5))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 5))
+    blocks = {"convs": ["0", "2"], "fc": ["4", "6"]}
     quantize_model(model, QuantSpec(kind="bpnas_pairs", first="quantize", last="quantize",
-                                    options={"pairs": PAIRS, "blocks": {"convs": ["0", "2"], "fc": ["4", "6"]},
-                                             "paths": "sample"},
+                                    options={"pairs": PAIRS, "blocks": blocks, "paths": "sample"},
                                     a_options={"signed": None}))
     selectors = block_selectors(model)
     assert [(s.name, s.layer_names) for s in selectors] == [("convs", ["0", "2"]), ("fc", ["4", "6"])]
@@ -92,8 +91,8 @@ def test_sample_mode_runs_exactly_the_sampled_pair():
     x = torch.randn(3, 4, 8, 8).relu()
     for k, (w, a) in enumerate(PAIRS):
         layer.selector.index = k
-        fixed = QConv2d.from_float(nn.Conv2d(4, 8, 3, 2, 1, bias=False), w_bits=w, a_bits=a, w_quant="scale_clip",
-                                   a_quant="scale_clip")
+        fixed = QConv2d.from_float(nn.Conv2d(4, 8, 3, 2, 1, bias=False), w_bits=w, a_bits=a,
+                                   w_quant="scale_clip", a_quant="scale_clip")
         fixed.weight.data.copy_(layer.weight.data)
         assert torch.equal(layer(x), fixed(x)), (w, a)
     model.train()
@@ -141,59 +140,3 @@ def test_unknown_option_and_missing_selector():
     layer._init_pairs(PAIRS, "scale_clip", "scale_clip", None, None, 4, 3)
     with pytest.raises(ConfigError, match="no block selector"):
         layer(torch.randn(1, 3, 5, 5))
-
-
-# ------------------------------------------------------------------------------ scale_clip
-def test_scale_clip_weight_levels_clip_and_gradient():
-    w = torch.tensor([-3.0, -1.0, -0.2, 0.0, 0.3, 1.1, 2.9], requires_grad=True)
-    q = ScaleClipQuantizer(2, role="weight", k=2.0, stat="mean_abs")
-    bound = 2.0 * float(w.detach().abs().mean())
-    out = q(w)
-    step = 2 * bound / 4
-    levels = {round(v, 5) for v in ((torch.arange(4) - 1.5) * step).tolist()}
-    assert {round(v, 5) for v in out.tolist()} <= levels and len(set(out.tolist())) > 2
-    out.sum().backward()
-    inside = (w.detach().abs() <= bound).float()
-    assert torch.equal(w.grad, inside)  # STE inside the clip, zero for the clipped weights
-    plain = ScaleClipQuantizer(1, role="weight", k=1.0, stat="max")  # no reshaping: the full range
-    assert plain(torch.tensor([-2.0, 0.5, 2.0])).tolist() == [-1.0, 1.0, 1.0]
-    assert torch.equal(ScaleClipQuantizer(32, role="weight")(w), w)  # 32 bits: not quantized
-
-
-def test_scale_clip_activation_running_statistic():
-    q = ScaleClipQuantizer(3, role="activation", k=4.0, stat="mean_abs", momentum=0.5)
-    x1, x2 = torch.rand(100), 3 * torch.rand(100)
-    q.train()
-    out = q(x1)
-    t1 = 4.0 * float(x1.mean())
-    assert float(out.max()) <= t1 + 1e-6 and len(set(out.tolist())) <= 8
-    assert torch.allclose(out / (t1 / 7), (out / (t1 / 7)).round(), atol=1e-4)  # levels i * T / 7
-    q(x2)
-    running = 0.5 * float(x1.mean()) + 0.5 * float(x2.mean())
-    assert float(q.running_stat.running) == pytest.approx(running, rel=1e-6)
-    q.eval()
-    big = torch.tensor([0.0, 100.0])
-    assert float(q(big).max()) == pytest.approx(4.0 * running, rel=1e-5)  # eval: the running bound
-    fresh = ScaleClipQuantizer(2, role="activation", k=2.0).eval()  # never trained: the batch's own bound
-    assert float(fresh(big).max()) == pytest.approx(2.0 * 50.0)
-    with pytest.raises(ConfigError, match="statistic"):
-        create_quantizer("scale_clip", 2, role="weight", stat="median")
-    with pytest.raises(ConfigError, match="k must be"):
-        create_quantizer("scale_clip", 2, k=0)
-
-
-def test_uniformization_makes_the_clipped_weights_uniform_like():
-    """What Fig. 1 is about: clipping a Gaussian at 2.5 mean|W| leaves a flatter (lower kurtosis)
-    distribution, and quantizing it loses less (relative MSE) at 2 bits than the full-range quantizer."""
-    torch.manual_seed(0)
-    w = torch.randn(100_000)
-    reshaped = torch.clamp(w, -2.5 * w.abs().mean(), 2.5 * w.abs().mean())
-
-    def kurtosis(t):
-        t = t - t.mean()
-        return float((t**4).mean() / (t**2).mean() ** 2)
-
-    assert kurtosis(reshaped) < 2.5 < 3.0 == pytest.approx(kurtosis(w), abs=0.1)  # uniform: 1.8
-    err_sc = float((ScaleClipQuantizer(2, role="weight")(w) - w).square().mean())
-    err_plain = float((ScaleClipQuantizer(2, role="weight", k=1.0, stat="max")(w) - w).square().mean())
-    assert err_sc < 0.5 * err_plain

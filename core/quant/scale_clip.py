@@ -1,29 +1,28 @@
-"""Distribution reshaping (supplementary section 5): the ``scale_clip`` quantizer.
+"""Scale-Clip distribution reshaping + uniform quantization: the ``scale_clip`` quantizer.
 
-The supplementary credits "distribution reshaping" for robust mixed-precision training: "uniformization" of
-the weights (Fig. 1) and a treatment of the activations compared with PACT (Fig. 2). The main paper is not
-available; the technique is the authors' earlier Scale-Clip (Yu et al., "Low-bit Quantization Needs Good
-Distribution", CVPR-W 2020 / GDRQ, arXiv:1908.01477): a uniform quantizer loses least on a uniform-like
-distribution, so weights and activations are clipped at ``k`` times a statistic of the tensor itself,
-which turns their bell-shaped distributions into uniform-like ones ("in a dynamic manner": the bound follows
-the tensor). Our reading, with every constant a quantizer option (``papers/bpnas/README.md``):
+Yu et al., "Low-bit Quantization Needs Good Distribution" (CVPR-W 2020; GDRQ, arXiv:1908.01477): a uniform
+quantizer loses least on a uniform-like distribution, so weights and activations are clipped at ``k``
+times a statistic of the tensor itself, which turns their bell-shaped distributions into uniform-like ones
+"in a dynamic manner" (the bound follows the tensor). BP-NAS (ECCV 2020, supplementary section 5) trains
+its mixed-precision networks with it ("distribution reshaping", "uniformization"). Our reading, with every
+constant an option (``papers/bpnas/README.md`` explains the choices):
 
 - weights: ``T = k * stat(W)`` (``stat`` = ``mean_abs`` by default, also ``std`` / ``max``), computed from
   the current weights at every forward and not differentiated; ``W_c = clamp(W, -T, T)``; ``2^b``
   mid-rise levels ``(i + 1/2) * 2T / 2^b`` spanning ``[-T, T]`` (the MSE-optimal uniform quantizer of a
   uniform distribution on ``[-T, T]``). ``stat="max", k=1`` is plain linear quantization over the full
-  range, i.e. the "without uniformization" arm of Fig. 1.
+  range (no reshaping).
 - activations: ``T = k * stat(x)``, the statistic of the current batch in training (tracked as a running
   average with ``momentum``, as BatchNorm does) and the running average in evaluation; unsigned inputs are
   clipped to ``[0, T]`` with ``2^b - 1`` steps (zero is a level), signed inputs (``signed=True``, or
-  ``signed=None``: decided on the first training batch) like the weights. The text says the activation
-  statistic is unstable during training, so a large ``k`` is used.
+  ``signed=None``: decided on the first training batch) like the weights. The activation statistic is
+  unstable during training, so a large ``k`` is used.
 
 Gradients: straight-through inside the clip range, zero outside (the clipped elements do not move). At
 32 bits the quantizer is the identity (not quantized, not clipped), as every ``core.quant`` quantizer.
 
-A searchable layer that quantizes one input at several bit-widths shares ONE :class:`RunningStat` between
-its activation quantizers (:func:`share_running_stat`), so every candidate sees the same range.
+A layer that quantizes one input at several bit-widths (a searchable layer) shares ONE :class:`RunningStat`
+between its activation quantizers (:func:`share_running_stat`), so every candidate sees the same range.
 """
 
 from __future__ import annotations
@@ -34,8 +33,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from core.errors import ConfigError
-from core.quant import Quantizer, kernel, register_quantizer
+from core.errors import ConfigError, ExportError
+from core.quant.base import Quantizer, kernel, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits, require_tensor
 
 STATS = ("mean_abs", "std", "max")
 #: defaults: weights clipped at 2.5 mean|W| (about 2 sigma for a Gaussian), activations at 6 mean|x|
@@ -153,6 +153,25 @@ class ScaleClipQuantizer(Quantizer):
         if self.running_stat is None or self.running_stat.signed(x):
             return kernel(symmetric_midrise)(x, bound, 2**self.bits)
         return kernel(unsigned_midtread)(x, bound, 2**self.bits - 1)
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Weights (and signed activations): the odd integers ``[-(2^b - 1), 2^b - 1]`` at scale
+        ``T / 2^b`` (mid-rise, stores constants only); unsigned activations: integers ``[0, 2^b - 1]`` at
+        step ``T / (2^b - 1)`` with the running bound of evaluation. Exact (the forward multiplies the same
+        integers by the same float32 scale)."""
+        check_bits(self.bits, self.name)
+        stat = self.running_stat
+        if stat is None:
+            bound = self.bound(require_tensor(x, self.name)).float()
+        elif int(stat.tracked) == 0:
+            raise ExportError("scale_clip activation bound was never tracked (no training batch or "
+                              "checkpoint); load the trained weights first")
+        else:
+            bound = (stat.running * self.k).float()
+        if stat is None or int(stat.sign_mode) == 1:
+            levels = 2**self.bits
+            return IntegerGrid(2 * bound / levels / 2, -(levels - 1), levels - 1, odd_only=True)
+        return IntegerGrid(bound / (2**self.bits - 1), 0, 2**self.bits - 1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, stat={self.stat}"
