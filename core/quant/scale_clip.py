@@ -90,14 +90,33 @@ class RunningStat(nn.Module):
         # -1: undecided, 0: unsigned, 1: signed
         self.register_buffer("sign_mode", torch.tensor(-1 if signed is None else int(bool(signed))))
         self.update = True  # False: training uses the batch statistic without updating the average
+        self._sign: bool | None = None  # host copies of the buffers (no device sync per forward)
+        self._tracked: bool | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._sign = self._tracked = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def is_tracked(self) -> bool:
+        """Whether a training batch has set the running statistic."""
+        if self._tracked is None:
+            self._tracked = bool(int(self.tracked) > 0)
+        return self._tracked
 
     def signed(self, x: torch.Tensor) -> bool:
-        if int(self.sign_mode) < 0:
-            decided = bool((x.detach() < 0).any())
-            if self.training:
+        """Whether the input is treated as signed (undecided: any negative value in ``x``, recorded in
+        training)."""
+        if self._sign is None:
+            mode = int(self.sign_mode)
+            if mode >= 0:
+                self._sign = bool(mode)
+            else:
+                decided = bool((x.detach() < 0).any())
+                if not self.training:
+                    return decided
                 self.sign_mode.fill_(int(decided))
-            return decided
-        return bool(int(self.sign_mode))
+                self._sign = decided
+        return self._sign
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -105,13 +124,14 @@ class RunningStat(nn.Module):
             if not self.update:
                 return value
             with torch.no_grad():
-                if int(self.tracked) == 0:
+                if not self.is_tracked():
                     self.running.copy_(value)
                 else:
                     self.running.mul_(1 - self.momentum).add_(value * self.momentum)
                 self.tracked.add_(1)
+            self._tracked = True
             return value
-        if int(self.tracked) == 0:  # evaluated before any training batch: the batch's own statistic
+        if not self.is_tracked():  # evaluated before any training batch: the batch's own statistic
             return tensor_stat(x, self.stat)
         return self.running
 
@@ -163,12 +183,12 @@ class ScaleClipQuantizer(Quantizer):
         stat = self.running_stat
         if stat is None:
             bound = self.bound(require_tensor(x, self.name)).float()
-        elif int(stat.tracked) == 0:
+        elif not stat.is_tracked():
             raise ExportError("scale_clip activation bound was never tracked (no training batch or "
                               "checkpoint); load the trained weights first")
         else:
             bound = (stat.running * self.k).float()
-        if stat is None or int(stat.sign_mode) == 1:
+        if stat is None or int(stat.sign_mode) == 1:  # signed (an undecided input was never seen)
             levels = 2**self.bits
             return IntegerGrid(2 * bound / levels / 2, -(levels - 1), levels - 1, odd_only=True)
         return IntegerGrid(bound / (2**self.bits - 1), 0, 2**self.bits - 1)

@@ -82,3 +82,13 @@ def test_integer_grid_is_exact(bits):
     grid = a.grid()
     assert grid.qmin == 0 and grid.qmax == 2**bits - 1
     assert torch.equal(grid.fake_quant(x), a(x))  # QuantizeLinear -> DequantizeLinear = the quantizer
+
+
+def test_running_statistic_survives_a_state_dict_round_trip():
+    trained = ScaleClipQuantizer(2, role="activation", k=2.0, signed=None).train()
+    trained(torch.randn(64) - 0.5)  # signed input, decided on this first training batch
+    fresh = ScaleClipQuantizer(2, role="activation", k=2.0, signed=None).eval()
+    fresh(torch.rand(8))  # used before loading: its host-side caches must not outlive the load
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.running_stat.signed(torch.rand(4)) is True
+    assert float(fresh.bound(torch.rand(4))) == pytest.approx(2.0 * float(trained.running_stat.running))
