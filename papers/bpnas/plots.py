@@ -80,7 +80,7 @@ def plot_figure(figure: str, arms: list[tuple[str, Path]], path: Path, title: st
     panels = [("train_loss", "training loss"), ("val_top1", "validation top-1 (%)")]
     if figure == "fig2":
         panels = panels[1:]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         for name, run_dir in arms:
             recs = [r for r in epoch_records(Path(run_dir) / TRAIN_DIR) if key in r]
@@ -90,7 +90,7 @@ def plot_figure(figure: str, arms: list[tuple[str, Path]], path: Path, title: st
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

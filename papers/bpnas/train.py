@@ -104,6 +104,7 @@ def run_train(cfg: BpnasConfig) -> RunResult:
     b_max = policy.meta.get("b_max")
     method = "bpnas" if policy.meta.get("method") == "bpnas" else cfg.train.policy
     within = None if b_max is None else report.avg_bits <= b_max
+    uniformize = cfg.quant.uniformize if cfg.quant.w_quant == "scale_clip" else None
     result = run_result(cfg, info, paper="bpnas", method=method, report=report, policy=policy,
                         metrics={"top1": record["val_top1"], "top5": record["val_top5"],
                                  "loss": record["val_loss"]},
@@ -111,7 +112,7 @@ def run_train(cfg: BpnasConfig) -> RunResult:
                         extra={"policy_source": cfg.train.policy, "epochs": cfg.train.schedule.epochs,
                                "b_max": b_max, "within_budget": within,
                                "quantizers": {"w": cfg.quant.w_quant, "a": cfg.quant.a_quant,
-                                              "uniformize": cfg.quant.uniformize}})
+                                              "uniformize": uniformize}})
     write_results(root / RESULTS_FILE, result)
     if is_main():  # for `mpq export RUN_DIR`: the final weights are last.pt
         meta = {"paper": "bpnas", "table_row": cfg.table_row, "policy_source": cfg.train.policy}
