@@ -55,7 +55,7 @@ from papers.bpnas.losses import (
     prob1_regularizer,
 )
 from papers.bpnas.models import CONVENTION, build_supernet
-from papers.bpnas.supernet import BlockSelector, resample_paths
+from papers.bpnas.supernet import BlockSelector, PairConv2d, PairLinear, resample_paths
 
 
 def block_snapshot(selectors: list[BlockSelector], cost: SupernetCost) -> list[dict]:
@@ -213,6 +213,10 @@ def build_search_trainer(cfg: BpnasConfig, model: nn.Module, selectors: list[Blo
     s = cfg.search
     if is_distributed():
         ignore_arch_in_ddp(model)
+    # a sampled step leaves the unsampled candidates' quantizer parameters (e.g. PACT's clips) unused
+    quantizers = [q for m in model.modules() if isinstance(m, (PairConv2d, PairLinear))
+                  for q in (*m.w_quantizers.values(), *m.a_quantizers.values())]
+    unused = s.paths == "sample" and any(p.requires_grad for q in quantizers for p in q.parameters())
     optimizers = {"weights": build_optimizer(s.optim, weight_parameters(model)),
                   "arch": build_optimizer(s.arch_optim, arch_parameters(model))}
     steps = len(train_loader)
@@ -221,7 +225,7 @@ def build_search_trainer(cfg: BpnasConfig, model: nn.Module, selectors: list[Blo
               "eval_every": s.eval_every if val_loader is not None else s.schedule.epochs, **overrides}
     return BpnasSearchTrainer(model, optimizers, train_loader, val_loader, epochs=s.schedule.epochs,
                               schedulers=schedulers, device=device, config=config_to_dict(cfg),
-                              find_unused_parameters=True, selectors=selectors, cost=cost, search=s,
+                              find_unused_parameters=unused, selectors=selectors, cost=cost, search=s,
                               history_dir=run_dir, state_meta=state_meta, path_seed=cfg.run.seed, **kwargs)
 
 

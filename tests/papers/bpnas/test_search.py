@@ -85,3 +85,44 @@ def test_resume_keeps_the_architecture_record(tmp_path):
     assert [e["epoch"] for e in again.arch_history] == [0, 1, 2]
     assert again.arch_history[1]["probs"] == trainer.arch_history[1]["probs"]
     assert any(not torch.equal(s.alpha, a) for s, a in zip(again.selectors, alpha))
+
+
+def _ddp_rank(rank: int, out_dir, port: int, paths: str) -> None:
+    import os
+
+    from core.engine import destroy_distributed, init_distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    init_distributed("cpu")
+    torch.manual_seed(rank)  # different data order and initial weights per rank: DDP must reconcile them
+    cfg = load_config(BpnasConfig, None, [*FAST, f"search.paths={paths}", "search.schedule.epochs=1",
+                                          "search.arch_optim.lr=0.3"])
+    model, selectors, cost, _ = prepare_supernet(cfg, 10, (3, 8, 8), torch.device("cpu"))
+    train = build_dataset("digits", split="train", image_size=8)
+    loader = CappedLoader(build_loader(train, 16, train=True, workers=0, seed=0), 4)
+    trainer = build_search_trainer(cfg, model, selectors, cost, loader, None, torch.device("cpu"), None)
+    trainer.fit()
+    torch.save({"alpha": [s.alpha.detach().clone() for s in selectors], "trace": trainer.trace,
+                "weights": {k: v.detach().clone() for k, v in trainer.module.named_parameters()}},
+               out_dir / f"rank{rank}.pt")
+    destroy_distributed()
+
+
+@pytest.mark.parametrize("paths", ["sample", "mixture"])
+def test_two_ranks_keep_one_architecture(tmp_path, paths):
+    """Under DDP (2 gloo ranks) the logits stay out of DDP's buckets and are averaged by the trainer:
+    both ranks end with the same architecture (and weights), feasible at every step."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(_ddp_rank, args=(tmp_path, port, paths), nprocs=2,
+                                          start_method="fork", join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(r0["trace"]) == 4 and max(r0["trace"]) < 3.2 and r0["trace"] == r1["trace"]
+    assert all(torch.equal(a, b) for a, b in zip(r0["alpha"], r1["alpha"]))
+    assert any(float(a.abs().max()) > 0 for a in r0["alpha"])  # the architecture did move
+    assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
