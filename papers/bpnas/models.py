@@ -33,32 +33,25 @@ def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return build_model(cfg.name, num_classes=num_classes, pretrained=cfg.pretrained, **cfg.kwargs)
 
 
-def quantizer_options(quant: QuantConfig, w_quant: str | None = None, a_quant: str | None = None
-                      ) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
-    """(weight quantizer, its options, activation quantizer, its options) of ``quant`` (or the overrides)."""
-    w_quant, a_quant = w_quant or quant.w_quant, a_quant or quant.a_quant
+def _spec(quant: QuantConfig, kind: str, options: dict | None = None) -> QuantSpec:
+    """``quant``'s quantizers with their options: ``scale_clip`` weights clip at ``w_k x w_stat`` when
+    ``uniformize``, else over the full range (``stat=max, k=1``); ``scale_clip`` / ``pact`` activations."""
     w_opts: dict[str, Any] = {}
     a_opts: dict[str, Any] = {}
-    if w_quant == "scale_clip":
+    if quant.w_quant == "scale_clip":
         w_opts = {"k": quant.w_k, "stat": quant.w_stat} if quant.uniformize else {"k": 1.0, "stat": "max"}
-    if a_quant == "scale_clip":
+    if quant.a_quant == "scale_clip":
         a_opts = {"k": quant.a_k, "stat": quant.a_stat, "momentum": quant.a_momentum}
-    elif a_quant == "pact":
+    elif quant.a_quant == "pact":
         a_opts = {"alpha_init": quant.pact_alpha_init}
-    return w_quant, w_opts, a_quant, a_opts
+    return QuantSpec(kind=kind, w_quant=quant.w_quant, a_quant=quant.a_quant, w_options=w_opts,
+                     a_options=a_opts, options=options or {}, first=quant.first, last=quant.last,
+                     edge_w_quant=quant.edge_quant, edge_a_quant=quant.edge_quant, w_bits=32, a_bits=32)
 
 
-def fixed_spec(quant: QuantConfig, w_quant: str | None = None, a_quant: str | None = None) -> QuantSpec:
+def fixed_spec(quant: QuantConfig) -> QuantSpec:
     """The QuantSpec of the final network: fixed QConv2d / QLinear (bits then set by a policy)."""
-    return _spec(quant, "fixed", w_quant=w_quant, a_quant=a_quant)
-
-
-def _spec(quant: QuantConfig, kind: str, options: dict | None = None, w_quant: str | None = None,
-          a_quant: str | None = None) -> QuantSpec:
-    wq, w_opts, aq, a_opts = quantizer_options(quant, w_quant, a_quant)
-    return QuantSpec(kind=kind, w_quant=wq, a_quant=aq, w_options=w_opts, a_options=a_opts,
-                     options=options or {}, first=quant.first, last=quant.last, edge_w_quant=quant.edge_quant,
-                     edge_a_quant=quant.edge_quant, w_bits=32, a_bits=32)
+    return _spec(quant, "fixed")
 
 
 def supernet_spec(quant: QuantConfig, paths: str) -> QuantSpec:
@@ -80,12 +73,11 @@ def build_supernet(cfg: BpnasConfig, num_classes: int, input_size: tuple[int, in
     return model, selectors, SupernetCost.from_report(selectors, report)
 
 
-def build_fixed_model(cfg: BpnasConfig, num_classes: int, w_quant: str | None = None,
-                      a_quant: str | None = None) -> tuple[nn.Module, list[str]]:
+def build_fixed_model(cfg: BpnasConfig, num_classes: int) -> tuple[nn.Module, list[str]]:
     """The fixed-precision network (QConv2d / QLinear with the reshaping quantizers); bits are then set
     per layer by a :class:`BitPolicy`. Returns the model and its policy layer names."""
     model = build_float_model(cfg.model, num_classes)
-    names = quantize_model(model, fixed_spec(cfg.quant, w_quant, a_quant))
+    names = quantize_model(model, fixed_spec(cfg.quant))
     return model, names
 
 
@@ -97,28 +89,16 @@ def export_spec(cfg: BpnasConfig, num_classes: int, input_size: tuple[int, int, 
                       model_kwargs=dict(cfg.model.kwargs), meta=meta)
 
 
-def layer_blocks(names: list[str], rule: Any) -> dict[str, list[str]]:
-    """``{block: [layer names]}`` in order, for policy layer names grouped by ``quant.blocks``."""
-    blocks: dict[str, list[str]] = {}
-    for name in names:
-        blocks.setdefault(block_of(name, rule), []).append(name)
-    return blocks
-
-
-def block_policy_to_layers(blocks: dict[str, list[str]], pairs: dict[str, tuple[int, int]],
-                           meta: dict | None = None) -> BitPolicy:
-    return BitPolicy({n: pairs[b] for b, names in blocks.items() for n in names}, meta)
-
-
 def random_block_policy(names: list[str], rule: Any, pairs: list[list[int]], seed: int) -> BitPolicy:
-    """Each block at a pair drawn uniformly from ``pairs`` (supp. section 5: "We randomly select bitwidth
-    from {(1,1),(2,2),(4,4),(8,8)} for each block")."""
+    """Each block (layers ``names`` grouped by ``rule``) at a pair drawn uniformly from ``pairs`` (supp.
+    section 5: "We randomly select bitwidth from {(1,1),(2,2),(4,4),(8,8)} for each block")."""
     gen = torch.Generator().manual_seed(int(seed))
-    blocks = layer_blocks(names, rule)
-    chosen = {b: tuple(pairs[int(torch.randint(len(pairs), (1,), generator=gen))]) for b in blocks}
+    blocks = [block_of(n, rule) for n in names]
+    chosen = {b: tuple(pairs[int(torch.randint(len(pairs), (1,), generator=gen))])
+              for b in dict.fromkeys(blocks)}
     meta = {"source": "random", "seed": int(seed), "pairs": [list(p) for p in pairs],
             "blocks": {b: list(p) for b, p in chosen.items()}}
-    return block_policy_to_layers(blocks, chosen, meta)
+    return BitPolicy({n: chosen[b] for n, b in zip(names, blocks)}, meta)
 
 
 def policy_report(cfg: BpnasConfig, policy: BitPolicy, num_classes: int, input_size: tuple[int, ...]):
