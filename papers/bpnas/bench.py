@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from core.bops import count
+from core.config import validate_config
 from core.data import build_loader
 from core.errors import BudgetError, ConfigError
 from core.method import SearchMethod, SearchRequest
@@ -52,8 +53,7 @@ def request_config(request: SearchRequest, opts: dict[str, Any]) -> BpnasConfig:
     """The BP-NAS config of a benchmark request (validated like a YAML config)."""
     epochs = max(1, int(request.epochs))
     pairs = opts["pairs"] or [list(p) for p in itertools.product(request.w_candidates, request.a_candidates)]
-    cfg = BpnasConfig(quant=QuantConfig(pairs=[list(p) for p in pairs], blocks=opts["blocks"], first="float",
-                                        last="float"))
+    cfg = BpnasConfig(quant=QuantConfig(pairs=pairs, blocks=opts["blocks"], first="float", last="float"))
     s = cfg.search
     s.b_max, s.mu, s.prob1_weight = float(request.budget_avg_bits), opts["mu"], opts["prob1_weight"]
     s.paths = opts["paths"]
@@ -61,8 +61,6 @@ def request_config(request: SearchRequest, opts: dict[str, Any]) -> BpnasConfig:
     s.optim.lr, s.arch_optim.lr = float(opts["lr"]), float(opts["arch_lr"])
     s.schedule.epochs, s.max_steps_per_epoch = epochs, int(opts["max_steps_per_epoch"])
     cfg.run.seed, cfg.run.log_every = request.seed, 10**9
-    from core.config import validate_config
-
     validate_config(cfg)
     return cfg
 
