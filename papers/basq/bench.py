@@ -7,8 +7,14 @@ request's network, trained ``request.epochs`` epochs with hard labels), the two 
 ``request.epochs`` epochs) on the request's network quantized with the ``basq`` layer kind, and the K-fold
 evolutionary search on ``request.val_set``. The returned policy is uniform ``(b, b)``; its meta carries
 what the clip search found: per fold the selection, the clips, the fold and held-out top-1 of the supernet
-(before fine-tuning), their mean over the folds, and ``meta["diagnostics"]`` with each fold's best-so-far
-curve (one value per generation; non-decreasing). BN/clip fine-tuning (Alg. 1 part 3) is not run here.
+(before fine-tuning), their mean over the folds, and ``meta["diagnostics"]``: ``best_so_far``, the mean
+over the folds of each fold's best fold top-1 after each generation (non-decreasing, what
+``benchmarks/convergence.py`` judges), with the per-fold curves in ``best_so_far_folds``. BN/clip fine-tuning
+(Alg. 1 part 3) is not run here.
+
+The search depends on the budget only through ``b``: it is kept per (:meth:`SearchRequest.fingerprint`,
+``b``, options) in this process, so the budgets of one comparison that share a width share one search,
+reported as shared work (``search_cost_shared_s`` / ``shared_over``).
 
 ``request.options`` (all optional): ``lambdas`` (the official seven), ``clip_init`` (6.0), ``clip_step``
 (``paper``), ``lr`` (Adam, 1e-3), ``teacher_lr`` (SGD, 0.1), ``folds`` (10), ``fold_split``
@@ -19,6 +25,7 @@ curve (one value per generation; non-decreasing). BN/clip fine-tuning (Alg. 1 pa
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ DEFAULTS: dict[str, Any] = {"lambdas": list(LAMBDAS), "clip_init": 6.0, "clip_st
                             "iterations": 20, "parents": 10, "crossover": 15, "mutation": 15,
                             "mutation_prob": 0.1}
 EVOLUTION_KEYS = ("population", "iterations", "parents", "crossover", "mutation", "mutation_prob")
+_SEARCHES: dict[str, dict] = {}  # fingerprint + width + options -> one clip search (this process)
 
 
 def uniform_bits(request: SearchRequest) -> tuple[int, list[str], float]:
@@ -82,25 +90,23 @@ def _config(request: SearchRequest, opts: dict[str, Any], bits: int) -> Any:
         search=SearchConfig(folds=int(opts["folds"]), fold_split=opts["fold_split"], evolution=evolution))
 
 
-def search(request: SearchRequest) -> BitPolicy:
-    """The module docstring's procedure."""
+def clip_search(request: SearchRequest, opts: dict[str, Any], bits: int) -> dict:
+    """Teacher, supernet and the K-fold search at width ``bits`` (kept in this process, see the module
+    docstring): ``{"key", "folds", "seconds"}``."""
     from core.config import validate_config
     from papers.basq.folds import dataset_targets, make_splits
     from papers.basq.models import basq_spec
     from papers.basq.search import quantized_weights_frozen, search_fold
     from papers.basq.supernet import prepare_teacher, train_supernet
 
-    unknown = sorted(set(request.options) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"basq: unknown request option(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **request.options}
-    bits, names, macs = uniform_bits(request)
+    key = request.fingerprint("basq", bits, opts)
+    if key in _SEARCHES:
+        return _SEARCHES[key]
+    start = time.perf_counter()
     cfg = _config(request, opts, bits)
     validate_config(cfg)
     device = torch.device(request.device)
     torch.manual_seed(request.seed)
-    request.log(f"basq: uniform W{bits}A{bits} ({macs * bits * bits:.4g} BOPs <= "
-                f"{request.budget_bops:.4g}); teacher, supernet, K-fold clip search")
     teacher = prepare_teacher(cfg, device, request.train_set, request.val_set, model=request.build_model())
     q = cfg.quant
 
@@ -115,14 +121,34 @@ def search(request: SearchRequest) -> BitPolicy:
                          seed=request.seed)
     with quantized_weights_frozen(model):
         folds = [search_fold(model, split, request.val_set, cfg, device) for split in splits]
+    entry = {"key": key, "folds": folds, "seconds": time.perf_counter() - start}
+    if len(_SEARCHES) > 8:
+        _SEARCHES.clear()
+    _SEARCHES[key] = entry
+    return entry
+
+
+def search(request: SearchRequest) -> BitPolicy:
+    """The module docstring's procedure."""
+    unknown = sorted(set(request.options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"basq: unknown request option(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **request.options}
+    bits, names, macs = uniform_bits(request)
+    request.log(f"basq: uniform W{bits}A{bits} ({macs * bits * bits:.4g} BOPs <= "
+                f"{request.budget_bops:.4g}); teacher, supernet, K-fold clip search")
+    found = clip_search(request, opts, bits)
+    folds = found["folds"]
     heldout = statistics.fmean(f["heldout_top1_before_finetune"] for f in folds)
     request.log(f"basq: {len(folds)} folds, mean held-out top-1 of the supernet {heldout:.2f}")
+    curves = [f["best_so_far"] for f in folds]
     meta = {"method": "basq", "bits": bits, "bops": macs * bits * bits, "budget_bops": request.budget_bops,
             "convention": "bpnas", "kfold_top1_before_finetune": heldout,
             "folds": [{k: f[k] for k in ("index", "selection", "clips", "fold_top1",
                                          "heldout_top1_before_finetune", "evaluated")} for f in folds],
-            "diagnostics": {"best_so_far": [f["best_so_far"] for f in folds],
-                            "evaluated": [f["evaluated"] for f in folds]}}
+            "diagnostics": {"best_so_far": [statistics.fmean(gen) for gen in zip(*curves)],
+                            "best_so_far_folds": curves, "evaluated": [f["evaluated"] for f in folds]},
+            "search_cost_shared_s": found["seconds"], "shared_over": f"basq-{found['key']}"}
     return BitPolicy({n: (bits, bits) for n in names}, meta=meta)
 
 

@@ -3,14 +3,10 @@ EVERY registered kind (core's, the papers', the toy one of ``toy_kind``), so a n
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import pytest
 import torch
 from torch import nn
 
-import papers
 from core.errors import ConfigError
 from core.nn import (
     CompositeConv2d,
@@ -27,9 +23,9 @@ from core.nn import (
 from core.nn.kinds import import_paper_layer_kinds
 from tests.core.toy_kind import TOY_KIND, PairConv2d, PairSelector
 
-for _info in pkgutil.iter_modules(papers.__path__):
-    importlib.import_module(f"papers.{_info.name}")
-assert import_paper_layer_kinds() == {}  # the registered papers' kinds (core.paper.Paper.layer_kinds)
+# One mechanism for every paper: a paper names the modules that register its kinds in
+# core.paper.Paper.layer_kinds (its package __init__ stays free of torch); core imports them on demand.
+assert import_paper_layer_kinds() == {}
 
 KINDS = list_layer_kinds()
 
@@ -119,6 +115,35 @@ def test_per_kind_options_replace_the_old_fields():
     quantize_model(model, QuantSpec(kind="switchable", w_bits=4, a_bits=4, w_candidates=[2, 4],
                                     a_candidates=[2, 4], options={"switchable_bn": True}))
     assert type(model[3].bn1).__name__ == "SwitchableBatchNorm2d" and type(model[1]) is nn.BatchNorm2d
+
+
+def test_every_paper_declares_the_modules_that_register_its_kinds():
+    """In a fresh interpreter: every package under papers/ is a registered paper, and importing ALL its
+    modules registers no kind beyond those its ``Paper.layer_kinds`` declare (so the smoke tests above,
+    and ``QuantSpec(kind=...)`` without importing the paper first, see every paper's kinds)."""
+    import json
+    import subprocess
+    import sys
+
+    code = """if True:
+        import importlib, json, pkgutil
+        from importlib.metadata import entry_points
+        import papers
+        from core.nn.kinds import LAYER_KINDS, import_paper_layer_kinds
+        assert import_paper_layer_kinds() == {}
+        declared = set(LAYER_KINDS)
+        packages = {i.name for i in pkgutil.iter_modules(papers.__path__) if i.ispkg}
+        missing = packages - {ep.name for ep in entry_points(group="mpq.papers")}
+        assert not missing, f"paper packages without an mpq.papers entry point: {sorted(missing)}"
+        for info in pkgutil.walk_packages(papers.__path__, "papers."):
+            importlib.import_module(info.name)
+        undeclared = set(LAYER_KINDS) - declared
+        assert not undeclared, f"kinds registered outside Paper.layer_kinds: {sorted(undeclared)}"
+        print(json.dumps(sorted(declared)))
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert {"basq", "bpnas_pairs"} <= set(json.loads(run.stdout))
 
 
 def test_unknown_kind_and_unknown_option_are_config_errors():

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.check import MATCH, MISMATCH, Checker
 from benchmarks.schema import load_tables
@@ -82,6 +83,7 @@ def test_stages_refuse_missing_inputs(tmp_path: Path) -> None:
 
 def _request(budget_bits: float, tmp_path: Path) -> SearchRequest:
     def build():
+        torch.manual_seed(0)
         return build_model("digits_resnet", num_classes=10, widths=[4, 4, 8], blocks=1)
 
     from core.bops import count
@@ -102,6 +104,29 @@ def test_bench_takes_the_largest_uniform_width_within_the_budget(tmp_path: Path)
 
     with pytest.raises(ConfigError, match="unknown request option"):
         search(replace(_request(3.0, tmp_path), options={"popsize": 3}))
+
+
+@pytest.mark.slow  # a teacher, two supernet stages and a 2-fold search on 8 px digits: ~10 s
+def test_bench_search_reports_a_judgeable_curve_and_shares_one_search_per_width(tmp_path: Path) -> None:
+    from benchmarks.convergence import judge
+    from core.data import build_dataset
+    from papers.basq.bench import search
+
+    data = build_dataset("digits", split="val", image_size=8)
+    options = {"folds": 2, "population": 6, "iterations": 4, "parents": 2, "crossover": 2, "mutation": 2}
+    request = replace(_request(2.5, tmp_path), train_set=data, val_set=data, epochs=1, batch_size=128,
+                      log=lambda msg: None, options=options)
+    policy = search(request)
+    d = policy.meta["diagnostics"]
+    assert len(d["best_so_far_folds"]) == 2 and all(len(c) == 5 for c in d["best_so_far_folds"])
+    assert d["best_so_far"] == pytest.approx([sum(g) / 2 for g in zip(*d["best_so_far_folds"])])
+    assert d["best_so_far"] == sorted(d["best_so_far"])
+    verdict = judge(d)
+    assert verdict.kind == "evolution" and verdict.converged is not None
+    assert set(policy.layers.values()) == {(2, 2)} and policy.meta["search_cost_shared_s"] > 0
+    again = search(replace(request, budget_bops=request.budget_bops * 1.1))  # the same width: reused
+    assert again.meta["shared_over"] == policy.meta["shared_over"]
+    assert again.meta["search_cost_shared_s"] == policy.meta["search_cost_shared_s"]
 
 
 def _table(table_id: str):

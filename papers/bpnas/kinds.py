@@ -1,0 +1,10 @@
+"""Importing this module registers BP-NAS's layer kind ``bpnas_pairs`` (:mod:`papers.bpnas.supernet`).
+
+The package ``__init__`` stays free of torch (loading the :class:`core.paper.Paper` object must not import
+training code), so the kind lives here, named in ``PAPER.layer_kinds``: core imports it the first time
+the kind is asked for (``core.nn.get_layer_kind``).
+"""
+
+from papers.bpnas.supernet import KIND, PairConv2d, PairLinear
+
+__all__ = ["KIND", "PairConv2d", "PairLinear"]
