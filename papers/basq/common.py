@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from core.engine import (
     per_rank_batch,
 )
 from core.errors import CheckpointError
-from core.nn import quantize_model
+from core.export.spec import ExportSpec
+from core.nn import QuantSpec, quantize_model
+from core.policy import BitPolicy
 from papers.basq.config import BASQConfig
 from papers.basq.models import basq_spec, build_network
 
@@ -46,15 +49,30 @@ def input_size(cfg: BASQConfig) -> tuple[int, int, int]:
     return input_size_of(cfg.data)
 
 
+def student_spec(cfg: BASQConfig) -> QuantSpec:
+    """The ``QuantSpec`` of BASQ's quantizers under ``cfg.quant``."""
+    q = cfg.quant
+    return basq_spec(q.bits, lambdas=q.lambdas, clip_layers=q.clip_layers, clip_init=q.clip_init,
+                     clip_step=q.clip_step, lsq_grad_scale=q.lsq_grad_scale,
+                     binary_weight_scale=q.binary_weight_scale)
+
+
 def build_supernet(cfg: BASQConfig) -> tuple[nn.Module, list[str]]:
     """The student network with BASQ's quantizers (``cfg.quant``); returns it and its quantized layers."""
     model = build_network(cfg.model.name, num_classes(cfg), pretrained=cfg.model.pretrained,
                           **cfg.model.kwargs)
-    q = cfg.quant
-    spec = basq_spec(q.bits, lambdas=q.lambdas, clip_layers=q.clip_layers, clip_init=q.clip_init,
-                     clip_step=q.clip_step, lsq_grad_scale=q.lsq_grad_scale,
-                     binary_weight_scale=q.binary_weight_scale)
-    return model, quantize_model(model, spec)
+    return model, quantize_model(model, student_spec(cfg))
+
+
+def export_spec(cfg: BASQConfig, names: list[str], checkpoint: str, meta: dict) -> ExportSpec:
+    """How ``mpq export`` rebuilds a fine-tuned fold's network (``core.export.spec``): the student at
+    ``quant.bits`` everywhere; the checkpoint holds the weights, the clips and each block's selection."""
+    bits = cfg.quant.bits
+    return ExportSpec(model=cfg.model.name, num_classes=num_classes(cfg), input_size=input_size(cfg),
+                      checkpoint=checkpoint, quant=asdict(student_spec(cfg)),
+                      policy=BitPolicy.uniform(names, bits, bits).to_dict(),
+                      model_kwargs={"name": cfg.model.name, **cfg.model.kwargs},
+                      model_factory="papers.basq.models:build_network", meta=meta)
 
 
 def train_loader(cfg: BASQConfig, dataset: Any, batch_size: int | None, key: str) -> Any:

@@ -27,12 +27,15 @@ from core.engine import (
     Trainer,
     build_optimizer,
     build_scheduler,
+    is_main,
     log,
     setup_process,
     trainer_kwargs,
 )
 from core.errors import ConfigError
-from papers.basq.common import load_supernet, stage_identity, train_loader
+from core.export.spec import write_export_spec
+from core.nn import quantizable_layers
+from papers.basq.common import export_spec, load_supernet, stage_identity, train_loader
 from papers.basq.config import BASQConfig
 from papers.basq.folds import dataset_targets, heldout_loader, make_splits
 from papers.basq.layers import BranchBatchNorm2d, searchable_blocks, set_selection
@@ -114,6 +117,11 @@ def finetune_fold(cfg: BASQConfig, fold: dict, heldout: Any, train_set: Any, dev
                               config=cfg, identity=stage_identity(cfg, "finetune"), teacher=teacher,
                               temperature=cfg.supernet.temperature, **kw)
     trainer.fit()
+    if is_main():  # for `mpq export <finetune dir>/fold<k>`: the fold's final weights are last.pt
+        write_export_spec(kw["run_dir"], export_spec(
+            cfg, [n for n, _ in quantizable_layers(model)], "checkpoints/last.pt",
+            {"paper": "basq", "row": cfg.table_row, "fold": fold["index"], "selection": fold["selection"],
+             "weights": "after the last fine-tuning epoch"}))
     epochs = [{"top1": r["val_top1"], "top5": r["val_top5"]} for r in trainer.history if "val_top1" in r]
     before = {"top1": fold["heldout_top1_before_finetune"], "top5": fold["heldout_top5_before_finetune"]}
     reported = reported_accuracy(before, epochs, ft.report)

@@ -57,11 +57,11 @@ class BranchSelector(nn.Module):
             raise ConfigError(f"branch index {index} out of range: this block has {self.n} branches")
         self.index = index
 
-    def get_extra_state(self) -> dict:
-        return {"index": self.index}
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.index)  # a tensor: torch's ONNX tracer detaches every state_dict entry
 
-    def set_extra_state(self, state: dict) -> None:
-        self.select(state["index"])
+    def set_extra_state(self, state: torch.Tensor | dict) -> None:
+        self.select(state["index"] if isinstance(state, dict) else int(state))
 
     def extra_repr(self) -> str:
         return f"n={self.n}, index={self.index}"

@@ -304,3 +304,21 @@ def test_the_kind_is_found_by_name_without_importing_the_paper():
             "QuantSpec(kind='basq'); print('papers.basq.layers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+@pytest.mark.parametrize("step", ["paper", "official"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_clip_grid_is_exact_for_onnx_export(step, bits):
+    """``grid()`` (core.export): QuantizeLinear -> DequantizeLinear with the stated step reproduces the
+    clip quantizer bit for bit, in training (STE kernels) and evaluation (no-grad path) alike."""
+    q = ClipQuantizer(bits, alpha_init=1.7, step=step)
+    levels = 2**bits - 1
+    grid = q.grid()
+    d = float(grid.scale)
+    ties = (torch.arange(levels + 1) + 0.5) * d  # half-steps: both rules must round them the same way
+    x = torch.cat([torch.randn(20000) * 2, ties, torch.tensor([1.7, 1.7 + 1e-6, -1e-6])])
+    with torch.no_grad():
+        evaluated = q(x)
+    trained = q(x.clone().requires_grad_(True)).detach()
+    assert grid.exact and (grid.qmin, grid.qmax) == (0, levels)
+    assert torch.equal(grid.fake_quant(x), evaluated) and torch.equal(evaluated, trained)

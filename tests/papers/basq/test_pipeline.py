@@ -13,13 +13,18 @@ import torch
 from benchmarks.check import MATCH, MISMATCH, Checker
 from benchmarks.schema import load_tables
 from core.cli import main
+from core.data import build_dataset
 from core.errors import BudgetError, ConfigError
+from core.export.check import compare_onnxruntime
+from core.export.qdq import export_onnx
+from core.export.spec import model_from_run
 from core.method import SearchRequest
 from core.models import build_model
 from core.results import load_results
 from papers.basq import PAPER
 from papers.basq.bench import uniform_bits
 from papers.basq.cli import TINY
+from papers.basq.layers import current_selection
 
 
 def _cli(*argv: str) -> int:
@@ -51,6 +56,14 @@ def test_tiny_pipeline_through_the_cli_writes_per_fold_results(tmp_path: Path, c
     assert [result.metrics[f"set_{k}"] for k in (1, 2, 3)] == [f["top1"] for f in folds]
     assert result.counts.convention == "basq"
     assert result.policy["meta"]["selections"]["1"] == folds[1]["selection"]
+    # each fold's fine-tuned network exports to ONNX (the selection travels in the checkpoint)
+    fold1 = tmp_path / "finetune" / "fold1"
+    assert main(["export", str(fold1), "-o", str(tmp_path / "fold1.onnx")]) == 0
+    model, _, _, _ = model_from_run(fold1)
+    assert list(current_selection(model)) == folds[1]["selection"]
+    images = torch.stack([build_dataset("digits", split="val", image_size=8)[i][0] for i in range(32)])
+    report = compare_onnxruntime(model, export_onnx(model, images[:1]), images)
+    assert report.ok(ulps=16), report.summary()
     capsys.readouterr()
     assert _cli("report", *args) == 0
     out = capsys.readouterr().out
@@ -109,7 +122,6 @@ def test_bench_takes_the_largest_uniform_width_within_the_budget(tmp_path: Path)
 @pytest.mark.slow  # a teacher, two supernet stages and a 2-fold search on 8 px digits: ~10 s
 def test_bench_search_reports_a_judgeable_curve_and_shares_one_search_per_width(tmp_path: Path) -> None:
     from benchmarks.convergence import judge
-    from core.data import build_dataset
     from papers.basq.bench import search
 
     data = build_dataset("digits", split="val", image_size=8)
