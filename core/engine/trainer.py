@@ -423,10 +423,11 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.sync()
             if self._holding:  # what a consuming stage checks (core.engine.rundir.check_producer)
+                # the checkpoint's own time, not the time after writing it: a resume continues from that
                 done = self.epoch + 1
                 self.run_dir.update_record(progress={
                     "epochs_done": done, "epochs": self.epochs, "finished": done >= self.epochs,
-                    "step": self.step, "wall_time_s": round(self.wall_time_s, 3)})
+                    "step": self.step, "wall_time_s": round(state["wall_time_s"], 3)})
             return path
 
         return on_main(write)

@@ -173,6 +173,22 @@ def test_wall_time_accumulates_across_resumes(tmp_path):
     assert record["progress"]["wall_time_s"] == pytest.approx(resumed.wall_time_s, abs=0.05)
 
 
+def test_run_record_time_is_the_checkpoints_own(tmp_path, monkeypatch):
+    """run.json's progress names the checkpoint a resume continues from: its wall time must be the one
+    stored in that checkpoint, not the time after a slow write (a resume would then go back in time)."""
+    save = Checkpointer.save
+
+    def slow_save(self, state, epoch):
+        time.sleep(0.3)
+        return save(self, state, epoch=epoch)
+
+    monkeypatch.setattr(Checkpointer, "save", slow_save)
+    _make(tmp_path, epochs=1).fit()
+    record = json.loads((tmp_path / "run.json").read_text())["progress"]["wall_time_s"]
+    stored = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["wall_time_s"]
+    assert record == pytest.approx(stored, abs=1e-3)
+
+
 def test_an_optimizer_of_another_kind_is_a_clear_error(tmp_path):
     _make(tmp_path / "sgd", epochs=1).fit()
     adam = _make(tmp_path / "adam", epochs=2, optimizer="adam",
