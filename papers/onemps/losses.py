@@ -161,7 +161,7 @@ def dnas_cost_factor(gates: Sequence[tuple[torch.Tensor, torch.Tensor]], raw: Se
     the step's sampled gates ``m`` (DNAS, Wu et al. 2018). Cost must exceed 1 BOP (log > 0)."""
     cost = torch.stack([zw @ r.to(zw) @ za for (zw, za), r in zip(gates, raw)]).sum()
     log_cost = torch.log(cost)
-    if float(log_cost) <= 0:
+    if float(log_cost.detach()) <= 0:
         raise ConfigError(f"DNAS's cost factor needs Cost(a) > 1 BOP, got {float(cost):.4g}")
     return beta * log_cost.pow(gamma), cost
 

@@ -46,7 +46,8 @@ from papers.onemps.common import (
 )
 from papers.onemps.config import OneMpsConfig, SearchConfig
 from papers.onemps.losses import HardwareCosts, Objective
-from papers.onemps.probability import sample_eta
+from papers.onemps.plots import CURVE_FILE
+from papers.onemps.probability import sample_eta, sweep_etas
 from papers.onemps.supernet import pin_architecture, probability_model, supernet_layers
 
 
@@ -159,6 +160,25 @@ def supernet_identity(cfg: OneMpsConfig) -> dict:
     return config_identity(cfg, exclude=list(LATER_STAGES))
 
 
+def arch_curve(model: nn.Module, costs: HardwareCosts, eta0: float, eta1: float, points: int = 48) -> dict:
+    """pi_theta(eta) over ``points`` log-spaced penalties: per layer the expected (w, a) bits, the expected
+    average bits and BOPs, and the most probable architecture's BOPs (``supernet/arch_curve.json``)."""
+    bit_model = probability_model(model)
+    layers = supernet_layers(model)
+    rows = []
+    for eta in sweep_etas(eta0, eta1, points, "log"):
+        with torch.no_grad():
+            probs = bit_model.probabilities(eta)
+        exp = [[float(pw @ pw.new_tensor(m.w_candidates)), float(pa @ pa.new_tensor(m.a_candidates))]
+               for (pw, pa), (_, m) in zip(probs, layers)]
+        exp_bops = costs.expected_bops(probs)
+        argmax = {n: (int(probs[m.index][0].argmax()), int(probs[m.index][1].argmax())) for n, m in layers}
+        rows.append({"eta": eta, "expected_bits": exp, "expected_bops": exp_bops,
+                     "expected_avg_bits": math.sqrt(exp_bops / costs.macs_total),
+                     "argmax_bops": costs.bops(argmax)})
+    return {"layers": [n for n, _ in layers], "macs": costs.macs, "points": rows}
+
+
 def fit_supernet(cfg: OneMpsConfig, model: nn.Module, costs: HardwareCosts, train: Any, val: Any,
                  device: torch.device, run_dir: Any, identity: dict | None = None,
                  config: Any = None, log_every: int | None = None) -> dict:
@@ -208,4 +228,7 @@ def run_train(cfg: OneMpsConfig) -> dict:
     if is_main():
         costs.save(out / COSTS_FILE)
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+        lo, hi = (s.eta0, s.eta1) if s.eta_distribution != "fixed" else (s.eta / 100, s.eta * 100)
+        curve = arch_curve(model, costs, lo, hi)
+        atomic_write_text(out / CURVE_FILE, json.dumps(curve) + "\n")
     return summary
