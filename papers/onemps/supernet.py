@@ -285,8 +285,8 @@ KIND_OPTIONS: dict[str, Any] = {
 
 
 def _attach(model: nn.Module, spec: QuantSpec, ctx: KindContext) -> None:
-    """Post-pass: ONE probability model for every layer (a shared submodule of each), and the
-    conditional BatchNorms after the convolutions."""
+    """Post-pass: ONE probability model for every layer, and the conditional BatchNorms after the
+    convolutions."""
     opts = ctx.options
     if opts["conditional_bn"] not in CONDITIONAL_BN:
         raise ConfigError(f"unknown conditional_bn {opts['conditional_bn']!r}; "
@@ -298,8 +298,13 @@ def _attach(model: nn.Module, spec: QuantSpec, ctx: KindContext) -> None:
     bit_model.set_gates(opts["gates"], float(opts["tau"]))
     param = layers[0].weight
     bit_model.to(device=param.device, dtype=param.dtype)
+    # a submodule of the first layer only; the others hold a plain reference. (A module registered under
+    # several names would be listed once by parameters(), but torch.func.functional_call, which the BOPs
+    # counter's meta pass uses, restores such a module's tensors wrongly.)
+    layers[0].bit_model = bit_model
     for m in layers:
-        m.bit_model = bit_model
+        if m is not layers[0]:
+            object.__setattr__(m, "bit_model", bit_model)
         m.bn_key = opts["conditional_bn"]
     if opts["conditional_bn"] == "none":
         return
