@@ -40,7 +40,7 @@ from torch import nn
 
 from core.bops import count
 from core.data import build_loader
-from core.engine import code_version
+from core.engine import RunDir, code_version
 from core.errors import ConfigError
 from core.io import atomic_write_text
 from core.method import SearchMethod, SearchRequest
@@ -155,8 +155,9 @@ def search_onemps(request: SearchRequest) -> BitPolicy:
     hit = key in _MEMO
     if not hit:
         request.log(f"onemps: one supernet for every budget ({request.epochs} epoch(s)) in {cache}")
-        model, costs, summary, initial = _train(request, cfg, cache, identity)
-        _MEMO[key] = (model, costs, {"wall_time_s": summary["wall_time_s"], "initial": initial})
+        model, costs, _, initial = _train(request, cfg, cache, identity)
+        progress = (RunDir.read_record_of(cache) or {}).get("progress", {})  # as its checkpoint recorded
+        _MEMO[key] = (model, costs, {"wall_time_s": progress["wall_time_s"], "initial": initial})
     model, costs, info = _MEMO[key]
     s = cfg.search
     child, fallback = select_for_budget(model, costs, request.budget_bops, s.eta0, s.eta1)

@@ -27,7 +27,8 @@ def costs() -> HardwareCosts:
 
 def random_probs(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(3, generator=g).softmax(0), torch.randn(2, generator=g).softmax(0)) for _ in range(3)]
+    return [(torch.randn(3, generator=g).softmax(0), torch.randn(2, generator=g).softmax(0))
+            for _ in range(3)]
 
 
 def test_costs_are_macs_times_bits_normalised_by_the_all_highest_network():
@@ -116,7 +117,8 @@ def test_edmips_proxy_configuration_reduces_to_ce_plus_eta_expected_cost():
     """EdMIPS proxy: no entropy, the Boltzmann prior term = eta sum_k E[b^w] E[b^x] MACs_k + const, so the
     gradient w.r.t. the logits is that of CE + eta E[h]."""
     cfg = load_onemps_config(None, ["search.eta=2.0"], "edmips_proxy")
-    assert (cfg.search.gates, cfg.search.entropy_weight, cfg.search.hardware_loss) == ("softmax", 0.0, "boltzmann")
+    search = cfg.search
+    assert (search.gates, search.entropy_weight, search.hardware_loss) == ("softmax", 0.0, "boltzmann")
     assert (cfg.search.probability_model, cfg.search.eta_distribution) == ("direct", "fixed")
     c, eta = costs(), cfg.search.eta
     objective = Objective(c, cfg.search.hardware_loss, cfg.search.entropy_weight)

@@ -48,7 +48,8 @@ def test_f_theta_output_shapes_and_eta_normalisation():
         [0.0, 0.5, 1.0])
     assert BitWidthModel(sizes, 0.1, 10.0, depth=0).raw_logits(torch.ones(1)).shape == (1, 17)
     direct = DirectLogits(sizes)
-    assert torch.equal(direct.raw_logits(torch.tensor([0.1, 9.0]))[0], direct.raw_logits(torch.tensor([5.0]))[0])
+    assert torch.equal(direct.raw_logits(torch.tensor([0.1, 9.0]))[0],
+                       direct.raw_logits(torch.tensor([5.0]))[0])
     with pytest.raises(ConfigError, match="0 < eta0 < eta1"):
         BitWidthModel(sizes, eta0=1.0, eta1=1.0)
 
@@ -177,7 +178,7 @@ def test_core_counts_the_supernet_at_its_expected_bits():
     rows = {r.name: r for r in report.rows}
     with torch.no_grad():
         probs = bit_model.probabilities(1.0)
-    for (name, m), (pw, pa) in zip(supernet_layers(model), probs):
+    for (name, _), (pw, _) in zip(supernet_layers(model), probs):
         assert rows[name].bits_from == "expected"
         assert rows[name].w_bits == pytest.approx(float(pw @ torch.tensor([2.0, 4.0, 8.0])), rel=1e-5)
     assert report.bops == pytest.approx(costs.expected_bops(probs), rel=1e-5)
@@ -213,7 +214,7 @@ def test_supernet_step_trains_and_round_trips():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))
     _, other, _ = tiny_supernet(seed=1)
     other.load_state_dict(model.state_dict())
     model.eval()

@@ -1,0 +1,81 @@
+"""The benchmark methods onemps, vimps and dnas on a micro request: a valid policy within the budget with
+convergence diagnostics; onemps trains ONE supernet for every budget of a comparison."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from core.bops import count
+from core.data import build_dataset
+from core.errors import BudgetError
+from core.method import SearchRequest
+from core.models import build_model
+from core.policy import BitPolicy
+from papers.onemps import bench
+
+NAMES = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2", "layer3.0.conv1",
+         "layer3.0.conv2"]
+
+
+def _request(run_dir, budget_bits, **options):
+    def make():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return build_model("digits_resnet", num_classes=10, widths=(4, 4, 8), blocks=1)
+
+    train = Subset(build_dataset("digits", split="train", image_size=8), range(96))
+    macs = count(make(), (3, 8, 8), policy=BitPolicy.uniform(NAMES, 1, 1), convention="bpnas").bops
+    return SearchRequest(build_model=make, input_size=(3, 8, 8), num_classes=10, train_set=train,
+                         val_set=train, w_candidates=(2, 3, 4), a_candidates=(2, 3, 4),
+                         budget_bops=budget_bits ** 2 * macs, budget_avg_bits=budget_bits, run_dir=run_dir,
+                         epochs=1, batch_size=16, log=lambda msg: None,
+                         options={"max_steps_per_epoch": 2, **options})
+
+
+def _check(request, policy):
+    assert isinstance(policy, BitPolicy) and policy.names == NAMES
+    assert all(w in (2, 3, 4) and a in (2, 3, 4) for w, a in policy.layers.values())
+    bops = count(request.build_model(), (3, 8, 8), policy=policy, convention="bpnas").bops
+    assert bops <= request.budget_bops and policy.meta["bops"] == pytest.approx(bops)
+    d = policy.meta["diagnostics"]
+    assert len(d["max_prob"]) == len(d["entropy"]) == len(NAMES)
+    assert all(0 < p <= 1 for pair in d["max_prob"] for p in pair)
+    assert set(d["expected_bops"]) == {"start", "end"}
+
+
+@pytest.mark.parametrize("method", [bench.VIMPS, bench.DNAS])
+def test_fixed_eta_methods_bracket_eta_to_the_budget(tmp_path, method):
+    request = _request(tmp_path / method.name, 3.0, max_searches=2)
+    policy = method.search(request)
+    _check(request, policy)
+    assert policy.meta["method"] == method.name and len(policy.meta["searches"]) == 2
+
+
+def test_onemps_answers_every_budget_from_one_supernet(tmp_path):
+    bench._MEMO.clear()
+    layout = tmp_path / "runs" / "onemps"  # mpq bench run: runs/<method>/b<budget>/seed<seed>
+    policies = []
+    for bits in (2.5, 3.5):
+        request = _request(layout / f"b{bits}" / "seed0", bits)
+        policies.append(bench.METHOD.search(request))
+        _check(request, policies[-1])
+    first, second = (p.meta["search_cost"] for p in policies)
+    assert not first["cache_hit"] and second["cache_hit"] and first["cache_key"] == second["cache_key"]
+    assert len(list(layout.glob("onemps-supernet-*"))) == 1
+    assert second["budgets_served"] == [policies[0].meta["budget_bops"], policies[1].meta["budget_bops"]]
+    assert second["amortised_s"] == pytest.approx(second["supernet_train_s"] / 2)
+    # a new process (empty memory) reuses the finished supernet from disk
+    bench._MEMO.clear()
+    again = bench.METHOD.search(_request(layout / "b3.5" / "seed0", 3.5))
+    assert again.layers == policies[1].layers and not again.meta["search_cost"]["cache_hit"]
+    assert again.meta["search_cost"]["supernet_train_s"] == pytest.approx(first["supernet_train_s"])
+
+
+def test_budget_below_the_search_space_and_unknown_options(tmp_path):
+    bench._MEMO.clear()
+    with pytest.raises(BudgetError, match="cheapest"):
+        bench.METHOD.search(_request(tmp_path / "a" / "b" / "c", 1.5))
+    with pytest.raises(Exception, match="unknown request option"):
+        bench.VIMPS.search(_request(tmp_path, 3.0, cache_dir="x"))
