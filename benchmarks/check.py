@@ -11,20 +11,19 @@ Status of a cell:
 - ``not run``: a trained / measured cell of an implemented row with no result yet (``needs`` says
   what a run takes: GPU, ImageNet, COCO, ...).
 - ``not implemented``: the paper, method or recomputer is not in this repository (the reason is shown).
-- ``ERROR``: a recomputer crashed (a bug; fails the exit code).
+- ``ERROR``: a recomputer crashed (a bug), or the row's recomputer is missing while a registered paper
+  failed to load (a broken plugin); fails the exit code.
 
-Trained / measured cells are compared with ``results.json`` files found (recursively) under
-``--results``: a file reproduces a row when its ``table_row`` / ``row`` (or ``table_rows`` list) is
-the row's full id ``<paper>/<table>/<row>`` or the id the row's config declares (its ``row`` or
-``table_row`` key, which the paper's trainer copies into results.json), or when its ``config`` (a
-path) ends with the row's ``config`` path.
-Metrics are read from the top level or from a ``metrics`` mapping (``top1``, ``top5``, ``map``,
-``tau``, ...; accuracies in percent). Several matching files (seeds) are averaged.
+Trained / measured cells are compared with the ``results.json`` files found (recursively) under
+``--results``, each read and validated as a :class:`core.results.RunResult` (a malformed one is an
+error naming the file). A file reproduces a row when its ``table_row`` is the row's full id
+``<paper>/<table>/<row>`` or the ``table_row`` the row's config declares (the paper's trainer copies it
+into results.json). The cell's metric is read from the record's ``metrics`` (``top1``, ``top5``, ``map``,
+...; accuracies in percent). Several matching files (seeds) are averaged.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import traceback
 from dataclasses import dataclass, field, replace
@@ -32,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.recompute import REPO_ROOT, RecomputeContext, RecomputeUnavailable, default_reference_dirs
-from benchmarks.recomputers import load_recomputers, load_yaml_with_base
+from benchmarks.recomputers import load_recomputers
 from benchmarks.schema import Cell, Row, Table, TableFile, load_tables
 from core.errors import DataError, MpqError
+from core.results import RunResult
+from core.results import load_results as load_result
 
 MATCH, MISMATCH, NOT_RUN, NOT_IMPLEMENTED, ERROR = "match", "MISMATCH", "not run", "not implemented", "ERROR"
 STATUSES = (MATCH, MISMATCH, NOT_RUN, NOT_IMPLEMENTED, ERROR)
-_METRIC_ALIASES = {"map": ("map", "mAP", "bbox_mAP", "coco/bbox_mAP"), "top1": ("top1", "acc1", "top1_acc"),
-                   "top5": ("top5", "acc5", "top5_acc")}
 
 
 @dataclass
@@ -72,6 +71,7 @@ class TableResult:
 class CheckReport:
     tables: list[TableResult]
     results_files: list[Path] = field(default_factory=list)
+    broken_papers: dict[str, str] = field(default_factory=dict)  # registered but failed to load
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATUSES}
@@ -88,12 +88,12 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 0
+        return 1 if self.failures or self.broken_papers else 0
 
 
 # ----------------------------------------------------------------------------- results.json
-def load_results(root: str | Path | None) -> list[tuple[Path, dict]]:
-    """Every ``results.json`` under ``root`` (recursively); a malformed file raises DataError."""
+def load_results(root: str | Path | None) -> list[tuple[Path, RunResult]]:
+    """Every ``results.json`` under ``root`` (recursively), validated; a malformed file raises DataError."""
     if root is None:
         return []
     root = Path(root)
@@ -101,58 +101,27 @@ def load_results(root: str | Path | None) -> list[tuple[Path, dict]]:
         raise DataError(f"results directory {root} does not exist; "
                         "pass --results DIR holding results.json files")
     paths = [root] if root.is_file() else sorted(root.rglob("results.json"))
-    out = []
-    for p in paths:
-        try:
-            data = json.loads(p.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{p}: not UTF-8 text ({exc}); a results.json is UTF-8 JSON written by a "
-                            "trainer: re-run it, or remove the file") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{p}: not a readable JSON file ({exc}); fix or remove it") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{p}: expected a JSON object, got {type(data).__name__}")
-        out.append((p, data))
-    return out
-
-
-def _result_metric(data: dict, metric: str) -> float | None:
-    pools = [data] + ([data["metrics"]] if isinstance(data.get("metrics"), dict) else [])
-    for pool in pools:
-        for key in _METRIC_ALIASES.get(metric, (metric,)):
-            value = pool.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-    return None
-
-
-def _result_ids(data: dict) -> set[str]:
-    ids = list(data.get("table_rows") or [])
-    ids += [data[k] for k in ("table_row", "row") if isinstance(data.get(k), str)]
-    return {i for i in ids if isinstance(i, str)}
+    return [(p, load_result(p)) for p in paths]
 
 
 def config_row_id(config: str | None) -> str | None:
-    """The row id a paper config declares for its runs (its ``row`` or ``table_row`` key), if any."""
+    """The ``table_row`` a paper config declares for its runs, if any."""
+    from core.config import read_yaml
+
     path = REPO_ROOT / config if config else None
     if path is None or not path.is_file():
         return None
     try:
-        data = load_yaml_with_base(path)
-    except Exception:  # noqa: BLE001 - an unreadable config just declares no id
+        data = read_yaml(path)
+    except MpqError:  # an unreadable config just declares no id
         return None
-    rid = data.get("row") or data.get("table_row")
+    rid = data.get("table_row")
     return rid if isinstance(rid, str) else None
 
 
-def _reproduces(data: dict, key: str, row: Row, config_id: str | None) -> bool:
-    """A results.json reproduces a row when it names the row's id (ours, or the one its config declares)
-    or was produced from the row's config (``config`` path)."""
-    ids = _result_ids(data)
-    if key in ids or (config_id is not None and config_id in ids):
-        return True
-    cfg = data.get("config")
-    return bool(row.config and isinstance(cfg, str) and cfg.replace("\\", "/").endswith(row.config))
+def _reproduces(result: RunResult, key: str, config_id: str | None) -> bool:
+    """A results.json reproduces a row when its ``table_row`` is the row's id or its config's."""
+    return result.table_row is not None and result.table_row in (key, config_id)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -204,11 +173,11 @@ def _short(value: Any) -> str:
 class Checker:
     """Runs the check over loaded table files (recomputers are discovered once)."""
 
-    def __init__(self, results: list[tuple[Path, dict]] | None = None,
+    def __init__(self, results: list[tuple[Path, RunResult]] | None = None,
                  reference_dirs: list[Path] | None = None) -> None:
         self.results = results or []
         self.reference_dirs = reference_dirs if reference_dirs is not None else default_reference_dirs()
-        self.recomputers = load_recomputers()
+        self.recomputers, self.broken_papers = load_recomputers()
         self.cache: dict[Any, Any] = {}
 
     def run(self, files: list[TableFile]) -> CheckReport:
@@ -219,14 +188,17 @@ class Checker:
                 for row in t.rows:
                     tr.cells.extend(self.check_row(f, t, row))
                 tables.append(tr)
-        return CheckReport(tables, [p for p, _ in self.results])
+        return CheckReport(tables, [p for p, _ in self.results], dict(self.broken_papers))
 
     def _recompute(self, f: TableFile, t: Table, row: Row) -> tuple[dict | None, str | None, str]:
         """(values, status if unavailable/error, detail)."""
         spec = row.recompute or {}
         fn = self.recomputers.get(spec.get("name"))
         if fn is None:
-            return None, NOT_IMPLEMENTED, f"no recomputer {spec.get('name')!r} registered"
+            why = f"no recomputer {spec.get('name')!r} registered"
+            if self.broken_papers:  # a broken plugin must not pass as "not implemented"
+                return None, ERROR, f"{why}; paper(s) failed to load: {self.broken_papers}"
+            return None, NOT_IMPLEMENTED, why
         ctx = RecomputeContext(row, t, f, self.reference_dirs, self.cache)
         try:
             return fn(ctx, **spec.get("args", {})), None, ""
@@ -248,7 +220,7 @@ class Checker:
         if any(c.kind == "deterministic" for c in row.cells) and row.recompute is not None:
             recomputed, status_if_none, why = self._recompute(f, t, row)
         config_id = config_row_id(row.config) if self.results and row.config else None
-        runs = [d for _, d in self.results if _reproduces(d, key, row, config_id)]
+        runs = [r for _, r in self.results if _reproduces(r, key, config_id)]
         for cell in row.cells:
             if cell.kind == "deterministic":
                 out.append(self._deterministic(row, cell, recomputed, status_if_none, why))
@@ -268,8 +240,8 @@ class Checker:
                               detail=f"recomputer {row.recompute['name']!r} gives no {cell.metric!r}")
         return judge(row, cell, values[cell.metric])
 
-    def _trained(self, row: Row, cell: Cell, runs: list[dict]) -> CellResult:
-        got = [v for v in (_result_metric(d, cell.metric) for d in runs) if v is not None]
+    def _trained(self, row: Row, cell: Cell, runs: list[RunResult]) -> CellResult:
+        got = [r.metrics[cell.metric] for r in runs if cell.metric in r.metrics]
         if got:
             return judge(row, cell, sum(got) / len(got), f"mean of {len(got)} runs" if len(got) > 1 else "")
         if not row.implemented:

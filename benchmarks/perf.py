@@ -14,9 +14,12 @@ its absolute value, its baseline's and the ratio. Groups:
   fvcore (``pip install -e .[bench]``) its rows say so and the others still run.
 - ``data``: ImageNet-folder loading (core.data, fixture JPEGs written to a temp dir) vs decoding the
   same files with PIL alone.
-- paper groups: every paper whose bench module (or its sibling ``perf`` module) defines
-  ``PERF = {group: fn(smoke: bool) -> list[dict]}``, found through the ``mpq.methods`` entry points.
-  Each dict has the JSON keys below; a group that cannot run prints ``unavailable: <why>``.
+- paper groups: every registered paper's ``perf`` mapping ``{group: fn(smoke: bool) -> list[dict]}``
+  (:class:`core.paper.Paper`). Each dict has the JSON keys below; a group that cannot run, or a paper
+  that failed to load, prints ``unavailable: <why>``.
+
+- ``export``: ONNX QDQ export of a ResNet-18 at a mixed LSQ policy (first call and median) vs exporting it
+  in float, and the packed file size / float32 against the physical limit (needs ``mpq[export]``).
 
 ``--json FILE`` writes a list of ``{name, value, unit, baseline, baseline_value, ratio}``.
 """
@@ -24,7 +27,6 @@ its absolute value, its baseline's and the ratio. Groups:
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import statistics
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.discovery import discover
+from benchmarks.discovery import load_perf_groups
 from benchmarks.report import write_atomic
 from core.errors import ConfigError
 
@@ -251,33 +253,55 @@ def group_data(smoke: bool, repeats: int) -> list[Measurement]:
                 "PIL decode only (images/s)", n / t_decode)]
 
 
+# ----------------------------------------------------------------------------- export
+def group_export(smoke: bool, repeats: int) -> list[Measurement]:
+    """``core.export``: QDQ export time of a ResNet-18 at a mixed LSQ policy (first conv W8, fc W8A8) vs
+    exporting the same model in float, and the packed file size vs float32 and its physical limit."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise Unavailable("onnx is not installed (pip install 'mpq[export]')") from None
+    from core.export import export_onnx
+    from core.export.report import size_report
+    from core.models import build_model
+    from core.nn import QuantSpec, quantize_model
+    from core.policy import BitPolicy
+
+    name, size, classes = ("resnet20", (3, 32, 32), 10) if smoke else ("resnet18", (3, 224, 224), 1000)
+    model = build_model(name, num_classes=classes)
+    names = quantize_model(model, QuantSpec(kind="fixed", first="w8", last="w8a8"))
+    bits = [2, 3, 4, 5, 6, 8]
+    BitPolicy({n: (bits[i % 6], bits[(i + 3) % 6]) for i, n in enumerate(names)}).apply(model)
+    example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(example)  # LSQ steps initialise from this batch
+    model.eval()
+    start = time.perf_counter()
+    result = export_onnx(model, example)
+    first = time.perf_counter() - start
+    t_qdq = median_time(lambda: export_onnx(model, example), repeats, warmup=0)
+    float_model = export_onnx(model, example, quantized=False).model
+    t_float = median_time(lambda: export_onnx(model, example, quantized=False), repeats, warmup=0)
+    sizes = size_report(model, result, float_model.ByteSize())
+    threads = torch.get_num_threads()
+    return [Measurement(f"export {name} QDQ, first call ({threads} threads)", first, "s"),
+            _vs(f"export {name} QDQ", t_qdq, "s", f"export {name} float (same exporter)", t_float),
+            Measurement("weights: physical limit sum b|W| / (32 sum|W|)", sizes.weight_limit, "ratio"),
+            _vs("file: packed / float32", sizes.ratio, "ratio",
+                "file limit (weights at b bits; scales, BN, graph as exported)", sizes.file_limit),
+            Measurement(f"file sizes: packed {sizes.packed_bytes / 1e6:.2f} MB, 8-bit containers "
+                        f"{sizes.int8_bytes / 1e6:.2f} MB, float32 {sizes.float_bytes / 1e6:.2f} MB",
+                        sizes.packed_bytes / 1e6, "MB")]
+
+
 BUILTIN: dict[str, Callable[[bool, int], list[Measurement]]] = {
-    "fakequant": group_fakequant, "bops": group_bops, "counting": group_counting, "data": group_data}
+    "fakequant": group_fakequant, "bops": group_bops, "counting": group_counting, "data": group_data,
+    "export": group_export}
 
 
 def paper_groups() -> dict[str, Callable[[bool, int], list[Measurement]] | str]:
-    """``PERF`` groups of the papers (bench module, else its sibling ``perf`` module); str = why not."""
-    groups: dict[str, Callable | str] = {}
-    for d in discover():
-        if d.module is None:
-            groups[d.name] = f"unavailable: {d.error}"
-            continue
-        perf = getattr(d.module, "PERF", None)
-        if perf is None:
-            sibling = d.module.__name__.rsplit(".", 1)[0] + ".perf"
-            try:
-                perf = getattr(importlib.import_module(sibling), "PERF", None)
-            except ImportError as exc:
-                groups[d.name] = (f"unavailable: no PERF in {d.module.__name__} and {sibling} "
-                                  f"not importable ({exc})")
-                continue
-        if not isinstance(perf, dict):
-            groups[d.name] = (f"unavailable: neither {d.module.__name__} nor its perf module "
-                              "defines PERF = {group: fn(smoke) -> list[dict]}")
-            continue
-        for group, fn in perf.items():
-            groups[group] = _wrap_paper(fn)
-    return groups
+    """The registered papers' perf groups (``Paper.perf``); a str value says why a paper has none."""
+    return {name: fn if isinstance(fn, str) else _wrap_paper(fn) for name, fn in load_perf_groups().items()}
 
 
 def _wrap_paper(fn: Callable) -> Callable[[bool, int], list[Measurement]]:
@@ -336,6 +360,9 @@ def render_table(results: list[Measurement]) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """Exit 1 when a registered paper's perf groups failed to load (a broken plugin is never silent)."""
+    broken = [name for name, fn in paper_groups().items()
+              if isinstance(fn, str) and args.only in (None, name)]
     results = run_perf(args.only, args.smoke, args.repeats)
     print(render_table(results))
     if args.json:
@@ -343,4 +370,6 @@ def run_from_args(args: argparse.Namespace) -> int:
                 for m in results]
         write_atomic(args.json, json.dumps(data, indent=1))
         print(f"written {args.json}")
-    return 0
+    for name in broken:
+        print(f"ERROR: paper {name!r}: its perf groups are unavailable (see `mpq papers`)")
+    return 1 if broken else 0

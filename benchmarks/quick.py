@@ -1,13 +1,15 @@
 """``mpq bench run``: every registered search method, the same network, budgets, recipe and split.
 
 For each seed: one seeded initialisation of the network; the float reference and the uniform baselines
-are trained from it with the shared recipe (:mod:`benchmarks.recipe`); then for every method discovered
-through the ``mpq.methods`` entry points and every BOPs budget, build one
+are trained from it with the shared recipe (:mod:`benchmarks.recipe`); then for every method of the
+registered papers (:mod:`core.paper`) and every BOPs budget, build one
 :class:`core.method.SearchRequest` (whose ``build_model`` returns that same initialisation), call
 ``METHOD.search``, count the returned policy's BOPs (``core.bops``, bpnas convention: searchable layers
 only) and train it with the shared recipe.
-Writes ``results.json`` (every run), ``report.md`` (mean +- std over seeds), ``pareto.png`` and one
-``bits_<method>.png`` per method into ``--out``.
+Writes ``suite.json`` (settings, environment, every run, failures), ``report.md`` (mean +- std over
+seeds), ``pareto.png`` and one ``bits_<method>.png`` per method into ``--out``. A paper or method that
+fails to load, a search that fails and a policy over its budget are failures: the report lists them
+and ``mpq bench run`` exits 1, naming each.
 
 Budgets are average bits ``b`` expressed as ``budget_bops = b^2 * MACs`` over the searchable layers
 (BP-NAS's convention). The default candidates are 2/3/4 bits for weights and activations (LSQ's signed
@@ -104,7 +106,7 @@ class QuickSuite:
         if methods and self.unavailable:
             raise ConfigError(f"method(s) unavailable: {self.unavailable}")
         self.records: list[dict] = []
-        self.failures: list[str] = []
+        self.failures: list[str] = [f"{what} failed to load: {why}" for what, why in self.unavailable.items()]
 
     def _build(self) -> torch.nn.Module:
         from core.models import build_model
@@ -245,7 +247,7 @@ class QuickSuite:
         env = self.environment()
         data = {"suite": "quick", "settings": settings, "environment": env, "summary": summary,
                 "runs": self.records, "failures": self.failures, "unavailable_methods": self.unavailable}
-        write_atomic(self.out / "results.json", json.dumps(data, indent=1, default=str))
+        write_atomic(self.out / "suite.json", json.dumps(data, indent=1, default=str))
         plot_pareto(summary, self.out / "pareto.png")
         images = ["pareto.png"]
         for m in self.methods:
@@ -270,7 +272,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             raise DataError("--suite paper needs --data-root DIR "
                             "(an ImageNet folder: train/<wnid>/*.JPEG, val/...)")
         if not args.method:
-            raise ConfigError("--suite paper needs --method NAME (one registered method, e.g. edmips)")
+            raise ConfigError("--suite paper needs --method NAME (one registered method; see `mpq papers`)")
         settings = Settings.paper(args.data_root)
         methods = [args.method]
     else:
@@ -283,7 +285,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     suite = QuickSuite(settings, args.out, device=device, methods=methods)
     suite.run()
     total = time.perf_counter() - start
-    print(f"[bench] done in {total:.1f} s: {args.out}/report.md, pareto.png, results.json")
+    print(f"[bench] done in {total:.1f} s: {args.out}/report.md, pareto.png, suite.json")
     for f in suite.failures:
         print(f"[bench] FAILURE: {f}")
     return 1 if suite.failures else 0

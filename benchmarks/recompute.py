@@ -7,9 +7,9 @@ A recomputer that cannot run here (a paper package or a reference file is missin
 
 This module is the protocol (context, registry, exception); the built-in recomputers live in
 :mod:`benchmarks.recomputers`, whose :func:`~benchmarks.recomputers.load_recomputers` returns them merged
-with the papers' own. A paper adds its own without editing the harness: its ``papers/<name>/bench.py``
-(the module of its ``mpq.methods`` entry point) may define ``RECOMPUTERS = {"name": fn, ...}`` (a
-paper's entry wins over a built-in of the same name).
+with the papers' own. A paper adds its own without editing the harness: its :class:`core.paper.Paper`
+names a ``{"name": fn, ...}`` mapping (``recomputers=``; a paper's entry wins over a built-in of the same
+name).
 """
 
 from __future__ import annotations

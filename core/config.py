@@ -37,9 +37,9 @@ from core.errors import ConfigError
 from core.io import atomic_write_text
 
 __all__ = [
-    "DataConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "load_config", "build_config",
-    "config_to_dict", "save_config", "parse_overrides", "read_yaml", "require", "require_range",
-    "validate_config",
+    "ModelConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "ExperimentConfig",
+    "load_config", "build_config", "config_to_dict", "config_to_yaml", "save_config", "parse_overrides",
+    "read_yaml", "require", "require_range", "validate_config",
 ]
 
 BASE_KEY = "_base_"
@@ -92,6 +92,18 @@ def validate_config(cfg: Any, prefix: str = "") -> None:
 
 
 # --------------------------------------------------------------------------- common sub-schemas
+@dataclasses.dataclass
+class ModelConfig:
+    """The network, built by ``core.engine.build_model_from_config`` with ``core.models.build_model``.
+    ``num_classes=None`` takes the dataset's; ``pretrained`` is a local weights file (nothing is ever
+    downloaded); ``kwargs`` go to the model's constructor."""
+
+    name: str = "digits_resnet"
+    num_classes: int | None = None
+    pretrained: str | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Dataset and loader. ``image_size=None`` means the dataset's default (``dataset_info``)."""
@@ -178,6 +190,18 @@ class RunConfig:
         require_range(self, "keep_checkpoints", ge=0)
         require_range(self, "dist_timeout_s", gt=0)
         require(bool(self.out_dir), "out_dir", "must not be empty")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """The sections every paper's config shares. A paper's schema subclasses it, re-declares a section
+    to change its defaults, and adds its own stages; ``mpq config show PAPER -c NAME`` prints the result.
+    ``table_row``: id of the paper's table row the config reproduces (copied into ``results.json``)."""
+
+    table_row: str | None = None
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
 
 # --------------------------------------------------------------------------- YAML reading
@@ -406,7 +430,11 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
+def config_to_yaml(cfg: Any) -> str:
+    """``cfg`` (a dataclass or mapping) as YAML text, keys in schema order (``mpq config show``)."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML atomically (temporary file in the same directory, then ``os.replace``)."""
-    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-    atomic_write_text(path, text)
+    atomic_write_text(path, config_to_yaml(cfg))

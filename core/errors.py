@@ -62,3 +62,11 @@ class RunDirError(MpqError):
 class OutputError(MpqError):
     """Writing an output failed for a reason of the file system (full, read-only, not a directory...);
     the message names the path and the cause."""
+
+
+class MissingDependencyError(MpqError):
+    """An optional dependency (an extra such as ``det``) is not installed; the message says the command."""
+
+
+class ExportError(MpqError):
+    """A model or quantizer that cannot be exported as stated (e.g. a grid without an exact QDQ form)."""

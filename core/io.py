@@ -144,3 +144,25 @@ def remove_orphaned_temps(directory: str | os.PathLike, skip: tuple[str, ...] = 
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+def read_json(path: str | os.PathLike, what: str, hint: str, error: type[Exception] | None = None) -> Any:
+    """The JSON content of ``path``; a missing, unreadable or malformed file raises ``error`` (default
+    :class:`~core.errors.DataError`) as ``"<what> <path> ...: <hint>"``, e.g.
+    ``read_json(p, "policy file", "create it with `mpq edmips discretize`", PolicyError)``."""
+    from core.errors import DataError
+
+    error = error or DataError
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist; {hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text ({exc}); {hint}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {str(path)!r} ({exc}); {hint}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                    f"{exc.msg}); {hint}") from None

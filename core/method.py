@@ -1,7 +1,8 @@
 """The contract between a paper's search and the cross-method benchmark.
 
-A paper joins the benchmark by exposing a :class:`SearchMethod` (``papers/<name>/bench.py: METHOD``)
-and declaring it under the ``mpq.methods`` entry-point group. The benchmark builds one
+A paper joins the benchmark by exposing a :class:`SearchMethod` (e.g. ``papers/<name>/bench.py: METHOD``)
+and naming it in its :class:`core.paper.Paper` (``methods=("papers.<name>.bench:METHOD",)``; a paper
+may register several). The benchmark builds one
 :class:`SearchRequest` per (method, budget, seed), calls ``METHOD.search(request)``, and then trains
 every returned policy with one shared recipe, so that methods differ only in the policy they choose.
 

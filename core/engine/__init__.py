@@ -1,6 +1,8 @@
-"""Training engine: seeds/devices, torchrun + DDP, run directory (identity, lock, records), metrics,
-progress, checkpoints with resume, optimizers/schedules, and the generic classification :class:`Trainer`."""
+"""Training engine: seeds/devices, torchrun + DDP, process setup, run directory (identity, lock, records),
+metrics, progress, checkpoints with resume, optimizers/schedules, BN re-estimation and the generic
+classification :class:`Trainer`."""
 
+from core.engine.bn import reestimate_bn_statistics
 from core.engine.checkpoint import Checkpointer, check_plain, load_checkpoint, safe_torch_load, state_digest
 from core.engine.dist import (
     DistInfo,
@@ -21,6 +23,15 @@ from core.engine.dist import (
 from core.engine.identity import NON_IDENTITY_KEYS, code_version, config_identity
 from core.engine.mmengine_compat import mmengine_safe_globals, mmengine_safe_loading
 from core.engine.optim import build_optimizer, build_scheduler, lr_factor
+from core.engine.process import (
+    ClassificationData,
+    build_model_from_config,
+    classification_data,
+    input_size_of,
+    num_classes_for,
+    per_rank_batch,
+    setup_process,
+)
 from core.engine.rundir import RESUME_MODES, MetricsLogger, Progress, RunDir, check_producer, log
 from core.engine.seed import resolve_device, rng_state, seed_everything, set_rng_state
 from core.engine.syncbn import GlobalBatchNorm, convert_sync_batchnorm
@@ -36,5 +47,7 @@ __all__ = [
     "RESUME_MODES", "MetricsLogger", "Progress", "RunDir", "atomic_write_text", "log", "resolve_device",
     "rng_state", "seed_everything", "set_rng_state", "GlobalBatchNorm", "convert_sync_batchnorm",
     "ClassificationTrainer", "Trainer", "accuracy", "evaluate", "move_to", "trainer_kwargs",
-    "mmengine_safe_globals", "mmengine_safe_loading",
+    "mmengine_safe_globals", "mmengine_safe_loading", "reestimate_bn_statistics", "setup_process",
+    "per_rank_batch", "num_classes_for", "build_model_from_config", "input_size_of", "ClassificationData",
+    "classification_data",
 ]

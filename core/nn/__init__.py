@@ -20,6 +20,7 @@ from core.nn.convert import (
     quantize_model,
     weight_parameters,
 )
+from core.nn.gates import gumbel_softmax
 from core.nn.kinds import (
     LAYER_KINDS,
     KindContext,
@@ -32,6 +33,7 @@ from core.nn.kinds import (
     register_layer_kind,
     replace_module,
 )
+from core.nn.losses import distillation_loss
 from core.nn.qlayers import QConv2d, QLinear, build_quantizer
 from core.nn.switchable import (
     SwitchableBatchNorm2d,
@@ -44,6 +46,8 @@ from core.nn.switchable import (
 
 __all__ = [
     "LAYER_KINDS",
+    "distillation_loss",
+    "gumbel_softmax",
     "SAMPLING_MODES",
     "CompositeConv2d",
     "CompositeLinear",

@@ -6,8 +6,8 @@ decoupled search spaces (default w {1, 2, 3, 4}, a {2, 3, 4}). Its forward is ON
 (eq. 14) of the activation mixture (eq. 12) with the composite weight (eq. 16, or eq. 15 with
 unshared weights), so the step cost stays nearly flat as candidates are added.
 
-Gates: ``softmax`` (EdMIPS, default), ``gumbel_soft`` / ``gumbel_hard`` (Gumbel-softmax with
-temperature ``tau``; hard = straight-through one-hot), ``single_path`` (one candidate sampled per
+Gates: ``softmax`` (EdMIPS, default), ``gumbel_soft`` / ``gumbel_hard`` (``core.nn.gates.gumbel_softmax``
+with temperature ``tau``; hard = straight-through one-hot), ``single_path`` (one candidate sampled per
 forward with probability pi; the one-hot gate carries a straight-through gradient to pi, so
 ``d loss / d pi_i`` is the loss's sensitivity to candidate ``i``). In ``eval()`` the stochastic
 modes are deterministic: ``gumbel_soft`` uses pi, ``gumbel_hard`` / ``single_path`` the argmax.
@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import ConfigError
+from core.nn.gates import gumbel_softmax
 from core.nn.kinds import (
     DEFAULT_A_CANDIDATES,
     DEFAULT_W_CANDIDATES,
@@ -45,10 +46,8 @@ def sample_gates(alpha: torch.Tensor, mode: str, tau: float, training: bool) -> 
         return pi
     if not training:
         return F.one_hot(pi.argmax(), pi.numel()).to(pi.dtype)
-    if mode == "gumbel_soft":
-        return F.gumbel_softmax(alpha, tau=tau, hard=False, dim=0)
-    if mode == "gumbel_hard":
-        return F.gumbel_softmax(alpha, tau=tau, hard=True, dim=0)
+    if mode in ("gumbel_soft", "gumbel_hard"):
+        return gumbel_softmax(alpha, tau=tau, hard=mode == "gumbel_hard", dim=0)
     index = torch.multinomial(pi.detach(), 1)[0]
     one_hot = F.one_hot(index, pi.numel()).to(pi.dtype)
     return one_hot + pi - pi.detach()

@@ -7,6 +7,7 @@
 
 Names: ``lsq``, ``pact``, ``dorefa``, ``hwgq``, ``gaussian``, ``sign``. ``bits = 32`` means not
 quantized. :func:`set_compiled` switches every quantizer's math to ``torch.compile``d kernels.
+``quantizer.grid(x)`` states its levels as integers (:class:`IntegerGrid`), which ONNX export writes as QDQ.
 """
 
 from core.quant import functional
@@ -23,6 +24,7 @@ from core.quant.base import (
 from core.quant.binary import SignQuantizer
 from core.quant.functional import lsq_fake_quant
 from core.quant.gaussian import GAUSSIAN_COEFS, GaussianQuantizer
+from core.quant.grid import IntegerGrid
 from core.quant.hwgq import HWGQ_STEPS, HWGQQuantizer
 from core.quant.lsq import LSQQuantizer
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
@@ -36,6 +38,7 @@ __all__ = [
     "DoReFaQuantizer",
     "GaussianQuantizer",
     "HWGQQuantizer",
+    "IntegerGrid",
     "LSQQuantizer",
     "PACTQuantizer",
     "Quantizer",

@@ -109,6 +109,12 @@ def weight_std(w: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((squares - total * total / n) / max(n - 1, 1)).to(w.dtype)
 
 
+def gaussian_step(coef: float, std: torch.Tensor) -> torch.Tensor:
+    """EdMIPS's weight step ``c_w[b] * std(W)``: the one definition the forward kernels and the export grid
+    (``GaussianQuantizer.grid``) share."""
+    return coef * std
+
+
 def _midrise(w: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     bound = (2**bits / 2 - 0.5) * step
     return torch.clamp((torch.round(w / step + 0.5) - 0.5) * step, -bound, bound)
@@ -121,7 +127,7 @@ def gaussian_midrise(w: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
     identity gradient (no clip mask).
     """
     with torch.no_grad():
-        q = _midrise(w, coef * weight_std(w), bits)
+        q = _midrise(w, gaussian_step(coef, weight_std(w)), bits)
     return q + (w - w.detach())
 
 
@@ -163,7 +169,7 @@ def gaussian_composite(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[float,
             term = w
         else:
             with torch.no_grad():
-                q = _midrise(w, coef * std, b)
+                q = _midrise(w, gaussian_step(coef, std), b)
             term = q + (w - w.detach())
         out = out + gates[i] * term
     return out
@@ -207,7 +213,7 @@ def gaussian_mixture_forward(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[
     std = weight_std(w)
     out = torch.zeros_like(w)
     for i, (coef, b) in enumerate(zip(coefs, bits)):
-        out = out + gates[i] * (w if b >= 32 else _midrise(w, coef * std, b))
+        out = out + gates[i] * (w if b >= 32 else _midrise(w, gaussian_step(coef, std), b))
     return out, std
 
 
@@ -216,6 +222,6 @@ def gaussian_mixture_backward(grad: torch.Tensor, w: torch.Tensor, gates: torch.
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad * sum_i gates_i, [sum(grad * Q_i(w))]_i)``: the gradients to ``w`` (every candidate's
     identity STE) and to the gates, in one pass over ``grad`` and ``w``."""
-    sums = torch.stack([(grad * (w if b >= 32 else _midrise(w, coef * std, b))).sum()
+    sums = torch.stack([(grad * (w if b >= 32 else _midrise(w, gaussian_step(coef, std), b))).sum()
                         for coef, b in zip(coefs, bits)])
     return grad * gates.sum(), sums

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, merge_constants, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits, require_tensor
 from core.quant.mixture import gaussian_mixture
 
 GAUSSIAN_COEFS: dict[int, float] = {
@@ -36,3 +38,11 @@ class GaussianQuantizer(Quantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return gaussian_mixture(x, None, (self.coefs[self.bits],), (self.bits,))
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Mid-rise levels ``(k - 0.5) step`` are the odd integers ``[-(2^b - 1), 2^b - 1]`` at half the step
+        (one bit wider than ``b``); the step is the forward's own (``functional.gaussian_step``); exact."""
+        check_bits(self.bits, self.name)
+        w = require_tensor(x, self.name)
+        step = F.gaussian_step(self.coefs[self.bits], F.weight_std(w))
+        return IntegerGrid(step / 2, -(2**self.bits - 1), 2**self.bits - 1, odd_only=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from core.quant.base import FULL_PRECISION, Quantizer, merge_constants, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits
 from core.quant.mixture import hwgq_mixture
 
 HWGQ_STEPS: dict[int, float] = {1: 0.799, 2: 0.538, 3: 0.3217, 4: 0.185}
@@ -36,3 +37,8 @@ class HWGQQuantizer(Quantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return hwgq_mixture(x, None, (self.steps[self.bits],), (2**self.bits - 1,))
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """The fixed step ``c_a[b]`` (as float32), integers ``[0, 2^b - 1]``; exact."""
+        check_bits(self.bits, self.name)
+        return IntegerGrid(torch.tensor(self.steps[self.bits], dtype=torch.float32), 0, 2**self.bits - 1)

@@ -14,29 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.errors import ConfigError
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def config_path(name: str | None) -> Path | None:
-    """A YAML path as given, or ``configs/<name>.yaml`` of this package."""
-    if name is None:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config); packaged: {known}")
+from papers.edmips import PAPER
 
 
 def load(args: argparse.Namespace):
-    from papers.edmips.config import load_edmips_config
-
-    return load_edmips_config(config_path(args.config), args.overrides)
+    """The EdmipsConfig of ``-c NAME|PATH`` plus the overrides (core.paper.Paper.load_config)."""
+    return PAPER.load_config(args.config, args.overrides)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -81,12 +64,21 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", default=None,
-                        help="YAML config path or packaged config name (papers/edmips/configs/NAME.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. search.eta=0.002 data.root=/data/imagenet")
-    return parser
+def smoke(out_dir: Path) -> Path:
+    """search -> discretize -> train on the ``digits`` config shrunk to seconds; returns results.json."""
+    from papers.edmips.discretize import run_discretize
+    from papers.edmips.search import run_search
+    from papers.edmips.train import run_train
+
+    cfg = PAPER.load_config("digits", [
+        f"run.out_dir={out_dir}", "data.image_size=8", "data.batch_size=32",
+        "model.kwargs={widths: [4, 8, 8], blocks: 1}", "search.schedule.epochs=1",
+        "search.max_steps_per_epoch=3", "train.schedule.epochs=1", "train.schedule.milestones=[1]",
+        "train.max_steps_per_epoch=3", "run.log_every=100"])
+    run_search(cfg)
+    run_discretize(cfg)
+    run_train(cfg)
+    return Path(cfg.run.out_dir) / "results.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -100,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                 "-> RUN_DIR/results.json"),
               ("run", _run, "search, discretize and train in one go"))
     for name, func, text in stages:
-        _with_config(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
+        PAPER.add_config_arguments(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
     p = sub.add_parser("plot", help="architecture evolution (Fig. 4) and bit allocation (Fig. 6) PNGs")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (run.out_dir) of a search")
     p.set_defaults(func=_plot)

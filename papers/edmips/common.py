@@ -1,21 +1,15 @@
-"""What every EdMIPS stage shares: run directories, process setup, data loaders, results metadata."""
+"""What every EdMIPS stage shares: run directories, process setup and data loaders (core's, with
+EdMIPS's per-epoch step cap for smoke runs)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import core
 from core.config import DataConfig
-from core.data import build_dataset_from_config, build_loader, dataset_info
-from core.engine import DistInfo, init_distributed, seed_everything
-from core.errors import ConfigError
-from core.quant import set_compiled
+from core.engine import DistInfo, classification_data, num_classes_for, setup_process
 from papers.edmips.config import EdmipsConfig
 
 SEARCH_DIR, TRAIN_DIR = "search", "train"
@@ -29,11 +23,8 @@ def run_paths(cfg: EdmipsConfig) -> tuple[Path, Path, Path]:
 
 
 def setup(cfg: EdmipsConfig) -> DistInfo:
-    """Join torchrun's process group (if any), seed, and pick the quantizers' eager/compiled path."""
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
-    set_compiled(bool(cfg.run.compile))
-    return info
+    """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
+    return setup_process(cfg.run)
 
 
 class CappedLoader:
@@ -66,37 +57,11 @@ class Data:
 
 
 def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> Data:
-    """Train / val loaders of ``data`` with the per-process batch (``data.batch_size`` is global)."""
-    meta = dataset_info(data.name)
-    size = data.image_size or meta.default_image_size
-    if data.batch_size % info.world_size:
-        raise ConfigError(f"data.batch_size={data.batch_size} is not divisible by the {info.world_size} "
-                          "processes; it is the global batch size")
-    per_rank = data.batch_size // info.world_size
-    train_set = build_dataset_from_config(data, "train")
-    val_set = build_dataset_from_config(data, "val", augment=False)
-    train = build_loader(train_set, per_rank, train=True, workers=data.workers, seed=seed)
-    val = build_loader(val_set, (data.val_batch_size or data.batch_size) // info.world_size or 1,
-                       train=False, workers=data.workers)
-    return Data(CappedLoader(train, max_steps), val, meta.num_classes, (meta.in_channels, size, size))
+    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data)."""
+    d = classification_data(data, seed, info=info)
+    return Data(CappedLoader(d.train, max_steps), d.val, d.num_classes, d.input_size)
 
 
-def num_classes_of(cfg: EdmipsConfig, data: Data) -> int:
-    return cfg.model.num_classes or data.num_classes
-
-
-def code_version() -> str:
-    """The package version plus the git revision of the checkout when there is one."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
-        sha = rev.stdout.strip() if rev.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{core.__version__}+{sha}" if sha else core.__version__
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
+def num_classes_of(cfg: EdmipsConfig) -> int:
+    """``model.num_classes``, or the dataset's when it is None."""
+    return num_classes_for(cfg.model, cfg.data.name)

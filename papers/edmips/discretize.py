@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from core.bops import BopsReport, count
-from core.data import dataset_info
 from core.engine import atomic_write_text, barrier, is_main, log
 from core.errors import ConfigError
+from core.io import read_json
 from core.policy import BitPolicy
-from papers.edmips.common import POLICY_FILE, run_paths
+from papers.edmips.common import POLICY_FILE, num_classes_of, run_paths
 from papers.edmips.config import EdmipsConfig
 from papers.edmips.models import build_float_model
 from papers.edmips.rules import RULES, select
@@ -37,12 +37,9 @@ ARCH_STATE_FILE = "arch_state.json"
 
 
 def load_arch_state(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run `mpq edmips search` with the same config (run.out_dir) "
-                          "first")
+    hint = "run `mpq edmips search` with the same config (run.out_dir) first"
+    state = read_json(path, "EdMIPS architecture state", hint, ConfigError)
     try:
-        state = json.loads(path.read_text())
         for layer in state["layers"]:
             _ = layer["name"], layer["pi_w"], layer["pi_a"], layer["w_candidates"], layer["a_candidates"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -139,10 +136,10 @@ def run_discretize(cfg: EdmipsConfig) -> BitPolicy:
     d = cfg.discretize
     state = load_arch_state((Path(d.search_dir) if d.search_dir else search_dir) / ARCH_STATE_FILE)
     policy, summary = discretize_state(state, d.rule, d.trials, d.samples, d.target_avg_bits, d.seed)
-    num_classes = cfg.model.num_classes or dataset_info(cfg.data.name).num_classes
-    report = policy_counts(cfg, policy, state["input_size"], num_classes)
+    report = policy_counts(cfg, policy, state["input_size"], num_classes_of(cfg))
     policy.meta.update(bops=report.bops, avg_bits=report.avg_bits, macs=report.macs,
-                       dataset=cfg.data.name, row=cfg.row, discretize_wall_s=time.perf_counter() - t0)
+                       dataset=cfg.data.name, table_row=cfg.table_row,
+                       discretize_wall_s=time.perf_counter() - t0)
     if is_main():
         policy.save(root / POLICY_FILE)
         atomic_write_text(root / "discretize_samples.json", json.dumps(summary, indent=1) + "\n")

@@ -16,10 +16,13 @@ other Conv2d / Linear is searched (official code; downsample 1x1 convs included)
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn as nn
 
 from core.errors import ConfigError
+from core.export.spec import ExportSpec
 from core.models import build_model
 from core.nn import QuantSpec, quantizable_layers, quantize_model
 from papers.edmips.config import ModelConfig, QuantConfig
@@ -29,11 +32,13 @@ AUX_FREE: dict[str, str] = {"googlenet": "googlenet_noaux", "inception_v3": "inc
 
 
 def build_float_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The full-precision network named by ``cfg`` (auxiliary classifiers removed)."""
+    """The full-precision network named by ``cfg`` (auxiliary classifiers removed; ``cfg.pretrained``,
+    a local file, loaded when set: the paper trains from scratch)."""
     if cfg.kwargs.get("aux_logits"):
         raise ConfigError(f"model.kwargs.aux_logits=true: EdMIPS removes the auxiliary classifiers of "
                           f"{cfg.name} (section 5.1); drop the option")
-    return build_model(AUX_FREE.get(cfg.name, cfg.name), num_classes=num_classes, **cfg.kwargs)
+    return build_model(AUX_FREE.get(cfg.name, cfg.name), num_classes=num_classes, pretrained=cfg.pretrained,
+                       **cfg.kwargs)
 
 
 def composite_spec(quant: QuantConfig) -> QuantSpec:
@@ -62,6 +67,16 @@ def build_search_model(model: nn.Module, quant: QuantConfig, alpha_init: float =
             m.alpha_w.fill_(alpha_init)
             m.alpha_a.fill_(alpha_init)
     return model, layers
+
+
+def export_spec(cfg: ModelConfig, quant: QuantConfig, num_classes: int, input_size: tuple[int, int, int],
+                policy_dict: dict | None, checkpoint: str, meta: dict) -> ExportSpec:
+    """How ``mpq export`` rebuilds the final network (``core.export.spec``): :func:`build_float_model`'s
+    name and options, :func:`fixed_spec` (none for the float reference) and the policy."""
+    fixed = asdict(fixed_spec(quant, 32, 32)) if policy_dict is not None else None
+    return ExportSpec(model=AUX_FREE.get(cfg.name, cfg.name), num_classes=num_classes,
+                      input_size=tuple(input_size), checkpoint=checkpoint, quant=fixed, policy=policy_dict,
+                      model_kwargs=dict(cfg.kwargs), meta=meta)
 
 
 def quantize_fixed(model: nn.Module, quant: QuantConfig) -> list[str]:

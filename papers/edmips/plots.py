@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.io import atomic_path
+from core.io import atomic_path, read_json
 
 HISTORY_FILE = "arch_history.json"
 
@@ -38,12 +38,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def load_history(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run `mpq edmips search` first (it records the architecture "
-                          "evolution there)")
+    history = read_json(path, "EdMIPS architecture history", "run `mpq edmips search` first (it records the "
+                                                             "architecture evolution there)", ConfigError)
     try:
-        history = json.loads(path.read_text())
         _ = history["layers"], history["w_candidates"], history["a_candidates"], history["epochs"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not an EdMIPS architecture history ({exc})") from exc

@@ -185,7 +185,7 @@ def run_search(cfg: EdmipsConfig) -> dict:
     info = setup(cfg)
     data = build_data(cfg.data, info, cfg.run.seed, cfg.search.max_steps_per_epoch)
     _, search_dir, _ = run_paths(cfg)
-    model, layers, costs, complexity = build_search(cfg, num_classes_of(cfg, data), data.input_size,
+    model, layers, costs, complexity = build_search(cfg, num_classes_of(cfg), data.input_size,
                                                     info.device)
     optimizers = {"weights": build_optimizer(cfg.search.optim, weight_parameters(model)),
                   "arch": build_optimizer(cfg.search.arch_optim, arch_parameters(model))}
@@ -198,7 +198,7 @@ def run_search(cfg: EdmipsConfig) -> dict:
         device=info.device, config=config_to_dict(cfg), complexity=complexity, layers=layers, costs=costs,
         eta=cfg.search.eta, strategy=cfg.search.strategy, history_dir=search_dir,
         state_meta={"model": cfg.model.name, "input_size": list(data.input_size),
-                    "dataset": cfg.data.name, "row": cfg.row},
+                    "dataset": cfg.data.name, "table_row": cfg.table_row},
         **kwargs)
     with torch.no_grad():
         rc0 = float(complexity())

@@ -7,7 +7,9 @@ quantized layers are core's fixed-precision ``QConv2d`` / ``QLinear`` with the s
 HWGQ activation quantizers as the search; first conv and last fc stay full precision. The schedule is the
 paper's (95 epochs, lr 0.1 decayed 10x at 30/60/90; the 50-epoch exploration runs decay at 15/30/45).
 
-At the end RUN_DIR/results.json holds the fields of the project's results contract.
+At the end RUN_DIR/results.json is the run's :class:`core.results.RunResult` (counts under the ``edmips``
+convention; ``extra``: ``policy_source``, ``epochs``), and RUN_DIR/train/export.json tells
+``mpq export RUN_DIR`` how to rebuild the final network (``core.export.spec``).
 """
 
 from __future__ import annotations
@@ -19,29 +21,14 @@ from pathlib import Path
 import torch.nn as nn
 
 from core.bops import count
-from core.engine import (
-    Trainer,
-    atomic_write_text,
-    build_optimizer,
-    build_scheduler,
-    is_main,
-    log,
-    trainer_kwargs,
-)
+from core.engine import Trainer, build_optimizer, build_scheduler, is_main, log, trainer_kwargs
 from core.errors import ConfigError
+from core.export.spec import write_export_spec
 from core.policy import BitPolicy
-from papers.edmips.common import (
-    POLICY_FILE,
-    RESULTS_FILE,
-    build_data,
-    code_version,
-    device_name,
-    num_classes_of,
-    run_paths,
-    setup,
-)
+from core.results import RunResult, run_result, write_results
+from papers.edmips.common import POLICY_FILE, RESULTS_FILE, build_data, num_classes_of, run_paths, setup
 from papers.edmips.config import EdmipsConfig
-from papers.edmips.models import build_float_model, quantize_fixed
+from papers.edmips.models import build_float_model, export_spec, quantize_fixed
 
 POLICY_SOURCES = ("searched", "uniform", "float")
 
@@ -88,13 +75,13 @@ def _stage_times(root: Path) -> dict[str, float]:
     return times
 
 
-def run_train(cfg: EdmipsConfig) -> dict:
+def run_train(cfg: EdmipsConfig) -> RunResult:
     """``mpq edmips train``: final training from scratch; writes RUN_DIR/train/ and RUN_DIR/results.json."""
     t0 = time.perf_counter()
     info = setup(cfg)
     data = build_data(cfg.data, info, cfg.run.seed, cfg.train.max_steps_per_epoch)
     root, _, train_dir = run_paths(cfg)
-    model, policy = build_train_model(cfg, num_classes_of(cfg, data))
+    model, policy = build_train_model(cfg, num_classes_of(cfg))
     model.to(info.device)
     optimizer = build_optimizer(cfg.train.optim, model.parameters())
     scheduler = build_scheduler(cfg.train.schedule, optimizer, len(data.train))
@@ -105,31 +92,18 @@ def run_train(cfg: EdmipsConfig) -> dict:
     if "val_top1" not in record:
         raise ConfigError("training finished without a validation result (no val loader?)")
     report = count(model, data.input_size, policy=policy, convention="edmips")
-    results = {
-        "paper": "edmips",
-        "row": cfg.row,
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "policy_source": cfg.train.policy,
-        "policy": policy.to_dict() if policy is not None else None,
-        "params": report.params,
-        "macs": report.macs,
-        "macs_all": report.macs_all,
-        "bops": report.bops,
-        "bops_convention": "edmips",
-        "avg_bits": report.avg_bits,
-        "size_mb": report.size_mb(),
-        "top1": record["val_top1"],
-        "top5": record["val_top5"],
-        "epochs": cfg.train.schedule.epochs,
-        "wall_time_s": {**_stage_times(root), "train": time.perf_counter() - t0},
-        "device": device_name(info.device),
-        "world_size": info.world_size,
-        "seed": cfg.run.seed,
-        "code_version": code_version(),
-    }
-    if is_main():
-        atomic_write_text(root / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
-    log(f"EdMIPS train: top-1 {results['top1']:.2f} top-5 {results['top5']:.2f}, average bits "
-        f"{results['avg_bits']:.3f} -> {root / RESULTS_FILE}")
-    return results
+    method = {"uniform": "uniform", "float": "float"}.get(cfg.train.policy, "edmips")
+    result = run_result(cfg, info, paper="edmips", method=method, report=report, policy=policy,
+                        metrics={"top1": record["val_top1"], "top5": record["val_top5"],
+                                 "loss": record["val_loss"]},
+                        wall_time_s={**_stage_times(root), "train": time.perf_counter() - t0},
+                        extra={"policy_source": cfg.train.policy, "epochs": cfg.train.schedule.epochs})
+    write_results(root / RESULTS_FILE, result)
+    if is_main():  # for `mpq export RUN_DIR`: the final weights are last.pt
+        write_export_spec(train_dir, export_spec(
+            cfg.model, cfg.quant, num_classes_of(cfg), data.input_size,
+            policy.to_dict() if policy is not None else None, "checkpoints/last.pt",
+            {"paper": "edmips", "table_row": cfg.table_row, "policy_source": cfg.train.policy}))
+    log(f"EdMIPS train: top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}, average bits "
+        f"{report.avg_bits:.3f} -> {root / RESULTS_FILE}")
+    return result

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from core.config import DataConfig, OptimConfig, RunConfig, ScheduleConfig
-from papers.llt.common import ModelConfig
+from core.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
 from papers.llt.settings import SearchSettings
+
+__all__ = ["DEFAULT_BITS", "IndicatorStage", "FinetuneStage", "LLTConfig"]
 
 DEFAULT_BITS = [6, 5, 4, 3, 2]
 
@@ -53,7 +54,10 @@ class FinetuneStage:
 
 
 @dataclass
-class LLTConfig:
+class LLTConfig(ExperimentConfig):
+    """The shared sections (``table_row``, ``model``, ``data``, ``run``: core.config.ExperimentConfig;
+    ``model.pretrained`` is the float model both stages start from) plus LLT's stages."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/llt"))
@@ -61,7 +65,6 @@ class LLTConfig:
     indicators: IndicatorStage = field(default_factory=IndicatorStage)
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
-    table_row: str | None = None  # id of the paper's table row this config reproduces
 
     @property
     def indicators_path(self) -> Path:

@@ -17,7 +17,6 @@ DDP-wrapped model start with ``module.``; :meth:`ImportanceIndicators.names_for_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 import torch.nn as nn
 
 from core.errors import PolicyError
-from core.io import atomic_write_json
+from core.io import atomic_write_json, read_json
 
 DDP_PREFIX = "module."
 
@@ -116,14 +115,8 @@ class ImportanceIndicators:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImportanceIndicators:
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyError(f"indicators file {str(path)!r} does not exist; create one with "
-                              "`mpq llt indicators -c CONFIG` or pass the official release converted to JSON")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PolicyError(f"indicators file {str(path)!r} is not valid JSON: {exc}") from exc
+        data = read_json(path, "indicators file", "create one with `mpq llt indicators -c CONFIG` or pass "
+                                                  "the official release converted to JSON", PolicyError)
         return cls.from_dict(data, where=f"indicators file {str(path)!r}")
 
     def save(self, path: str | os.PathLike) -> None:

@@ -19,20 +19,20 @@ import torch.nn as nn
 from core.engine import (
     Trainer,
     barrier,
+    build_model_from_config,
     build_optimizer,
     build_scheduler,
+    classification_data,
     evaluate,
-    init_distributed,
     is_main,
     log,
     move_to,
-    seed_everything,
+    setup_process,
     trainer_kwargs,
 )
 from core.engine.trainer import accuracy
 from core.errors import ConfigError
 from core.nn import QuantSpec, apply_bits, bit_context, quantize_model, set_bits
-from papers.llt.common import build_float_model, build_loaders
 from papers.llt.config import LLTConfig
 from papers.llt.indicators import extract_indicators
 
@@ -125,11 +125,11 @@ def run_indicators(cfg: LLTConfig) -> Path:
         raise ConfigError(f"indicators.file={cfg.indicators.file} is set: this config uses existing "
                           "indicators; unset it (indicators.file=null) to train them")
     stage = cfg.indicators
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    model = build_float_model(cfg.model, cfg.data)
+    info = setup_process(cfg.run)
+    model = build_model_from_config(cfg.model, cfg.data.name)
     names = build_indicator_model(model, cfg.bits)
-    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size)
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "indicators.batch_size")
+    train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model.parameters())
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
     out_dir = cfg.indicators_path.parent

@@ -100,14 +100,13 @@ def _budget_label(settings: SearchSettings, bitops_budget: float | None) -> str:
 def search_from_config(cfg: LLTConfig) -> BitPolicy:
     """Stage 2 of a config run: the ILP on ``cfg.indicators_path`` for ``cfg.model`` at the data's input
     size; the policy is written to ``<run.out_dir>/policy.json`` (by rank 0) and returned."""
-    from core.engine import is_main
-    from papers.llt.common import build_float_model, input_size
+    from core.engine import build_model_from_config, input_size_of, is_main
 
     indicators = ImportanceIndicators.load(cfg.indicators_path)
     settings = SearchSettings(**{**vars(cfg.search)})
     settings.bits = settings.bits or list(cfg.bits)
-    settings.input_size = settings.input_size or list(input_size(cfg.data))
-    model = build_float_model(cfg.model, cfg.data)
+    settings.input_size = settings.input_size or list(input_size_of(cfg.data))
+    model = build_model_from_config(cfg.model, cfg.data.name)
     policy = search_policy(indicators, model, settings)
     policy.meta.update(model=cfg.model.name, dataset=cfg.data.name, indicators=str(cfg.indicators_path),
                        table_row=cfg.table_row)

@@ -12,6 +12,7 @@ import yaml
 from benchmarks import recompute as recompute_mod
 from benchmarks import recomputers as recomputers_mod
 from benchmarks.check import (
+    ERROR,
     MATCH,
     MISMATCH,
     NOT_IMPLEMENTED,
@@ -25,6 +26,7 @@ from benchmarks.report import render_markdown, render_text
 from benchmarks.schema import TableFile, load_tables, parse_table_file
 from core.cli import main
 from core.errors import DataError
+from tests.fixtures import results_record
 
 
 def _only(paper: str, table_ids: set[str]):
@@ -104,15 +106,16 @@ def test_a_recomputation_that_matches_a_noted_erratum_fails(monkeypatch) -> None
     assert flops.status == MISMATCH and flops.as_predicted is False and report.exit_code == 1
 
 
-def _write_results(root: Path, name: str, data: dict) -> None:
+def _write_results(root: Path, name: str, table_row: str | None, **metrics: float) -> None:
+    """A valid core.results record (counts and the rest are placeholders the check does not read)."""
     (root / name).mkdir(parents=True)
-    (root / name / "results.json").write_text(json.dumps(data))
+    record = results_record(table_row=table_row, metrics=metrics)
+    (root / name / "results.json").write_text(json.dumps(record))
 
 
 def test_doctored_results_json_is_a_mismatch_with_nonzero_exit(tmp_path: Path, capsys) -> None:
-    _write_results(tmp_path, "a", {"table_row": "onemps/kendall-tau/resnet18-edmips", "tau": 0.90})
-    _write_results(tmp_path, "b", {"table_rows": ["onemps/kendall-tau/resnet18-dnas"],
-                                   "metrics": {"tau": 0.53}})
+    _write_results(tmp_path, "a", "onemps/kendall-tau/resnet18-edmips", tau=0.90)
+    _write_results(tmp_path, "b", "onemps/kendall-tau/resnet18-dnas", tau=0.53)
     md = tmp_path / "out" / "report.md"
     code = main(["bench", "check", "--paper", "onemps", "--results", str(tmp_path), "--markdown", str(md)])
     out = capsys.readouterr().out
@@ -125,14 +128,14 @@ def test_doctored_results_json_is_a_mismatch_with_nonzero_exit(tmp_path: Path, c
 def test_matching_results_and_seed_average(tmp_path: Path) -> None:
     for seed, tau in enumerate((0.94, 0.98)):
         row = "onemps/kendall-tau/resnet18-one-shot"
-        _write_results(tmp_path, f"s{seed}", {"table_row": row, "tau": tau})
+        _write_results(tmp_path, f"s{seed}", row, tau=tau)
     report = run_check(tmp_path, paper="onemps")
     cell = report.tables[0].cells[0]
     assert cell.status == MATCH and abs(cell.mpq - 0.96) < 1e-9 and "mean of 2 runs" in cell.detail
     assert report.exit_code == 0
 
 
-def test_results_matched_by_config_and_not_run_statuses(tmp_path: Path) -> None:
+def test_results_matched_by_the_configs_table_row_and_not_run_statuses(tmp_path: Path) -> None:
     cfg = "papers/edmips/configs/resnet18_imagenet.yaml"
     top1 = {"top1": {"value": 65.9, "unit": "%", "tolerance": 0.5}}
     rows = [{"id": "run", "source": {"row": "a"}, "kind": "trained", "config": cfg,
@@ -151,25 +154,41 @@ def test_results_matched_by_config_and_not_run_statuses(tmp_path: Path) -> None:
         assert cells[0].detail == "needs: GPU, ImageNet"
     assert cells[1].status == NOT_IMPLEMENTED and "not found" in cells[1].detail
     assert cells[2].status == NOT_IMPLEMENTED and "LQ-Net" in cells[2].detail
-    _write_results(tmp_path, "x", {"config": f"/somewhere/{cfg}", "top1": 65.7})
+    _write_results(tmp_path, "x", "table1/resnet18/edmips", top1=65.7)  # the table_row the config declares
     cells = Checker(load_results(tmp_path), reference_dirs=[]).run([f]).tables[0].cells
     assert cells[0].status == MATCH and cells[0].mpq == 65.7
 
 
-def test_paper_recomputers_join_without_editing_the_harness(monkeypatch) -> None:
-    """A paper's bench module may export RECOMPUTERS; rows naming one use it, a missing one is reported."""
-    monkeypatch.setattr(recomputers_mod, "paper_attribute",
-                        lambda attr: iter([("fake", {"fake_counter": lambda ctx, n: {"layers": n}})]))
+def _fake_recompute_doc() -> dict:
     layers = {"layers": {"value": 7, "unit": "count", "tolerance": 0}}
     rows = [{"id": "a", "source": {"row": "a"}, "kind": "deterministic",
              "recompute": {"name": "fake_counter", "args": {"n": 7}}, "values": layers},
             {"id": "b", "source": {"row": "b"}, "kind": "deterministic", "recompute": {"name": "absent"},
              "values": layers}]
-    doc = {"paper": "fake", "title": "t",
-           "tables": [{"id": "t", "title": "T", "source": {"file": "f", "table": "1"}, "rows": rows}]}
-    cells = Checker(reference_dirs=[]).run([parse_table_file(Path("f.yaml"), doc)]).tables[0].cells
+    return {"paper": "fake", "title": "t",
+            "tables": [{"id": "t", "title": "T", "source": {"file": "f", "table": "1"}, "rows": rows}]}
+
+
+def test_paper_recomputers_join_without_editing_the_harness(use_papers) -> None:
+    """A registered paper's recomputers serve the rows naming them; a missing one is reported."""
+    use_papers({"fake": "tests.fake_paper:PAPER"})
+    report = Checker(reference_dirs=[]).run([parse_table_file(Path("f.yaml"), _fake_recompute_doc())])
+    cells = report.tables[0].cells
     assert cells[0].status == MATCH
     assert cells[1].status == NOT_IMPLEMENTED and "no recomputer 'absent'" in cells[1].detail
+    assert report.exit_code == 0
+
+
+def test_a_broken_paper_fails_the_check(use_papers, capsys) -> None:
+    """A registered paper that does not load turns its rows into ERRORs, not "not implemented", and the
+    check fails even where no row names it."""
+    use_papers({"broken": "tests.no_such_module:PAPER"})
+    report = Checker(reference_dirs=[]).run([parse_table_file(Path("f.yaml"), _fake_recompute_doc())])
+    cells = report.tables[0].cells
+    assert [c.status for c in cells] == [ERROR, ERROR] and "broken" in cells[0].detail
+    assert report.exit_code == 1
+    assert main(["bench", "check", "--paper", "onemps"]) == 1
+    assert "registered paper 'broken' failed to load" in capsys.readouterr().out
 
 
 def test_unavailable_reference_file_is_not_implemented(tmp_path: Path) -> None:
@@ -201,12 +220,15 @@ def test_bad_results_inputs(tmp_path: Path, capsys) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_results(tmp_path / "nope")
     (tmp_path / "results.json").write_text("{not json")
-    with pytest.raises(DataError, match="not a readable JSON"):
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"table_row": "a/b/c", "top1": 70.0}))
+    with pytest.raises(DataError, match="schema_version"):  # no aliases, no schema-less records
         load_results(tmp_path)
     assert main(["bench", "check", "--paper", "onemps", "--results", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "results.json").write_bytes(b'{"top1": "\xff\xfe 70"}')  # not UTF-8
-    with pytest.raises(DataError, match="results.json: not UTF-8"):
+    with pytest.raises(DataError, match="results.json' is not UTF-8"):
         load_results(tmp_path)
     assert main(["bench", "check", "--paper", "onemps", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -228,12 +250,11 @@ def test_markdown_report_has_every_table() -> None:
 
 
 def test_paper_trainer_results_match_through_the_config_row_id(tmp_path: Path) -> None:
-    """EdMIPS's trainer writes the config's ``row`` ("table1/resnet18/edmips"); LLT's its ``table_row``."""
+    """A paper's trainer copies its config's ``table_row`` ("table1/resnet18/edmips") into results.json."""
     f = _only("edmips", {"table1"})
     if not (recompute_mod.REPO_ROOT / "papers/edmips/configs/resnet18_imagenet.yaml").is_file():
         pytest.skip("papers/edmips configs not present")
-    _write_results(tmp_path, "r18", {"paper": "edmips", "row": "table1/resnet18/edmips", "top1": 65.8,
-                                     "top5": 86.0})
+    _write_results(tmp_path, "r18", "table1/resnet18/edmips", top1=65.8, top5=86.0)
     cells = [c for c in Checker(load_results(tmp_path), reference_dirs=[]).run([f]).tables[0].cells
              if c.row.id == "resnet18-edmips"]
     assert [c.status for c in cells] == [MATCH, MATCH]

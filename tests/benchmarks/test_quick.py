@@ -11,21 +11,11 @@ import pytest
 import benchmarks.quick as quick
 from benchmarks.discovery import load_methods
 from core.bops import count
+from core.cli import main
 from core.method import SearchMethod, SearchRequest
+from core.paper import discover_papers
 from core.policy import BitPolicy
-
-
-def greedy_search(req: SearchRequest) -> BitPolicy:
-    """A reference search for the tests: raise weight bits of the cheapest layers while the budget holds."""
-    rows = count(req.build_model(), req.input_size, convention="bpnas").counted_rows
-    bits = {r.name: (min(req.w_candidates), min(req.a_candidates)) for r in rows}
-    for r in sorted(rows, key=lambda r: r.macs):
-        for w in sorted(req.w_candidates, reverse=True):
-            trial = {**bits, r.name: (w, bits[r.name][1])}
-            if sum(x.macs * trial[x.name][0] * trial[x.name][1] for x in rows) <= req.budget_bops:
-                bits = trial
-                break
-    return BitPolicy(bits, {"source": "greedy"})
+from tests.fake_paper import greedy_search
 
 
 def greedy_over_budget(req: SearchRequest) -> BitPolicy:
@@ -48,9 +38,9 @@ def test_micro_suite_end_to_end(tmp_path: Path) -> None:
     suite = _run(tmp_path, [SearchMethod("greedy", "test", greedy_search),
                             SearchMethod("greedy-over", "test", greedy_over_budget),
                             SearchMethod("crash", "test", crashing)])
-    for name in ("report.md", "pareto.png", "results.json", "bits_greedy.png"):
+    for name in ("report.md", "pareto.png", "suite.json", "bits_greedy.png"):
         assert (tmp_path / name).is_file(), name
-    data = json.loads((tmp_path / "results.json").read_text())
+    data = json.loads((tmp_path / "suite.json").read_text())
     by = {r["method"]: r for r in data["summary"]}
     assert {"float (FP32)", "uniform W2A2", "greedy", "greedy-over"} <= set(by)
     budget = quick.Settings.micro().budgets[0]
@@ -67,17 +57,45 @@ def test_micro_suite_end_to_end(tmp_path: Path) -> None:
     assert policy.names == [e["name"] for e in uniform["policy"]["layers"]] and len(policy) == 6
 
 
-def test_registered_methods_run_in_the_micro_suite(tmp_path: Path) -> None:
-    """Every method declared under mpq.methods searches, is fine-tuned and reported (micro setting)."""
-    methods, unavailable = load_methods()
-    if not methods:
-        pytest.skip(f"no registered method importable yet: {unavailable}")
+@pytest.mark.parametrize("entry", discover_papers(), ids=lambda e: e.name)
+def test_registered_papers_methods_run_in_the_micro_suite(entry, tmp_path: Path) -> None:
+    """Every method of every registered paper (one test per paper) searches, is trained and reported in
+    the micro setting; a paper that does not load fails here."""
+    assert entry.paper is not None, f"paper {entry.name} ({entry.value}) failed to load: {entry.error}"
+    methods = entry.paper.load_methods()
     suite = quick.QuickSuite(replace(quick.Settings.micro(), baselines=()), tmp_path, log=lambda msg: None)
-    suite.methods, suite.unavailable = methods, unavailable
+    suite.methods, suite.unavailable = methods, {}
     suite.run()
     assert not suite.failures, suite.failures
-    names = {r["method"] for r in suite.records}
-    assert {m.name for m in methods} <= names
+    assert {m.name for m in methods} <= {r["method"] for r in suite.records}
+
+
+def test_bench_run_fails_naming_a_broken_paper(use_papers, tmp_path: Path, capsys) -> None:
+    """A registered paper that does not load makes `mpq bench run` exit 1 naming it; the other papers'
+    methods still run."""
+    use_papers({"broken": "tests.no_such_module:PAPER", "fake": "tests.fake_paper:PAPER"})
+    methods, unavailable = load_methods()
+    assert [m.name for m in methods] == ["greedy"]
+    assert list(unavailable) == ["paper broken (tests.no_such_module:PAPER)"]
+    assert "ModuleNotFoundError" in unavailable["paper broken (tests.no_such_module:PAPER)"]
+    code = main(["bench", "run", "--micro", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAILURE: paper broken (tests.no_such_module:PAPER) failed to load" in out
+    assert any(r["method"] == "greedy" for r in json.loads((tmp_path / "suite.json").read_text())["runs"])
+    assert main(["bench", "run", "--micro", "--methods", "nope", "--out", str(tmp_path)]) == 2
+    assert "no registered method 'nope'" in capsys.readouterr().err
+
+
+def test_bench_run_fails_naming_a_method_that_fails_to_load(use_papers, monkeypatch, tmp_path) -> None:
+    from dataclasses import replace as dc_replace
+
+    import tests.fake_paper as fake
+
+    monkeypatch.setattr(fake, "PAPER", dc_replace(fake.PAPER, methods=("tests.fake_paper:NO_SUCH_METHOD",)))
+    use_papers({"fake": "tests.fake_paper:PAPER"})
+    methods, unavailable = load_methods()
+    assert methods == [] and "method tests.fake_paper:NO_SUCH_METHOD (paper fake)" in unavailable
 
 
 def test_paper_suite_needs_data_root_and_method(capsys) -> None:

@@ -185,3 +185,16 @@ def test_progress_plain_lines_when_not_a_tty(capsys):
     out = capsys.readouterr().out.splitlines()
     assert seen == list(range(7))
     assert [line.split()[2] for line in out] == ["[3/7]", "[6/7]", "[7/7]"] and "loss 0.25" in out[-1]
+
+
+def test_a_missing_detection_extra_is_one_clear_error(monkeypatch):
+    """Without mmengine (plain `pip install -e .`) the mmengine helpers say exactly what to install."""
+    import sys
+
+    from core.engine.mmengine_compat import mmengine_safe_globals
+    from core.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "mmengine.logging.history_buffer", None)  # makes the import fail
+    with pytest.raises(MissingDependencyError, match=r"'det' extra .*python tools/install_mmcv.py && "
+                                                     r"pip install -e '\.\[det\]'"):
+        mmengine_safe_globals()
