@@ -13,8 +13,22 @@ Stages (``mpq onemps train|pareto|finetune|correlate|plot``):
 - :mod:`papers.onemps.correlate`: Kendall tau between child accuracy under the supernet and standalone
   accuracy, per configuration.
 
-See ``papers/onemps/README.md`` for the slide-equation -> code table.
+The ``onemps`` layer kind is registered when :mod:`papers.onemps.supernet` is imported (every stage does;
+loading this package must not import torch). See ``papers/onemps/README.md`` for the slide-equation ->
+code table.
 """
 
-# importing the supernet module registers the `onemps` layer kind
-from papers.onemps import supernet as _supernet  # noqa: F401
+from pathlib import Path
+
+from core.paper import Paper
+
+PAPER = Paper(
+    name="onemps",
+    title="One-Shot Mixed Precision Search (CVPR 2023)",
+    cli="papers.onemps.cli:register",
+    config_schema="papers.onemps.config:OneMpsConfig",
+    configs=Path(__file__).resolve().parent / "configs",
+    methods=("papers.onemps.bench:METHOD", "papers.onemps.bench:VIMPS", "papers.onemps.bench:DNAS"),
+    perf="papers.onemps.perf:PERF",
+    smoke="papers.onemps.cli:smoke",
+)

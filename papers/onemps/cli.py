@@ -20,27 +20,13 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def config_path(name: str | None) -> Path | None:
-    """A YAML path as given, or ``configs/<name>.yaml`` of this package."""
-    if name is None:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config); packaged: {known}")
-
 
 def load(args: argparse.Namespace):
+    from papers.onemps import PAPER
     from papers.onemps.config import load_onemps_config
 
-    return load_onemps_config(config_path(args.config), args.overrides, args.preset)
+    return load_onemps_config(PAPER.config_path(args.config) if args.config else None, args.overrides,
+                              args.preset)
 
 
 def load_run(run_dir: str, overrides: list[str]):
@@ -97,13 +83,31 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+SMOKE = ["data.image_size=8", "data.batch_size=32", "model.kwargs={widths: [4, 4, 8], blocks: 1}",
+         "search.schedule.epochs=1", "search.max_steps_per_epoch=3", "pareto.points=3", "pareto.bn_images=32",
+         "finetune.schedule.epochs=1", "finetune.max_steps_per_epoch=3", "finetune.bn_images=32",
+         "run.log_every=100"]
+
+
+def smoke(out_dir: Path) -> Path:
+    """train -> pareto -> finetune on the ``digits`` config shrunk to seconds; returns results.json."""
+    from papers.onemps import PAPER
+    from papers.onemps.finetune import run_finetune
+    from papers.onemps.pareto import run_pareto
+    from papers.onemps.train import run_train
+
+    cfg = PAPER.load_config("digits", [f"run.out_dir={out_dir}", *SMOKE])
+    run_train(cfg)
+    run_pareto(cfg)
+    return Path(run_finetune(cfg)["path"])
+
+
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", default=None,
-                        help="YAML config path or packaged config name (papers/onemps/configs/NAME.yaml)")
+    from papers.onemps import PAPER
+
+    PAPER.add_config_arguments(parser)
     parser.add_argument("--preset", default=None, choices=["onemps", "vimps", "dnas", "edmips_proxy"],
                         help="the configuration of the one code path (default: onemps)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. search.eta1=20 data.root=/data/imagenet")
     return parser
 
 

@@ -12,20 +12,22 @@ Run directory (``run.out_dir``)::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.config import DataConfig
-from core.data import build_dataset_from_config, build_loader, dataset_info
-from core.engine import DistInfo, init_distributed, seed_everything
+from core.engine import (
+    ClassificationData,
+    DistInfo,
+    build_model_from_config,
+    classification_data,
+    num_classes_for,
+    setup_process,
+)
 from core.errors import ConfigError
-from core.models import build_model
 from core.nn import QuantSpec, quantize_model
-from core.quant import set_compiled
 from papers.onemps.config import OneMpsConfig
 from papers.onemps.losses import HardwareCosts
 from papers.onemps.supernet import KIND, supernet_layers
@@ -37,11 +39,8 @@ LATER_STAGES = ("pareto", "finetune", "correlate")
 
 
 def setup(cfg: OneMpsConfig) -> DistInfo:
-    """Join torchrun's process group (if any), seed with ``run.seed + rank``, quantizers eager / compiled."""
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
-    set_compiled(bool(cfg.run.compile))
-    return info
+    """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
+    return setup_process(cfg.run)
 
 
 class CappedLoader:
@@ -65,35 +64,13 @@ class CappedLoader:
             self.loader.set_epoch(epoch)
 
 
-@dataclass
-class Data:
-    train_set: Any
-    val_set: Any
-    train: Any
-    val: Any
-    num_classes: int
-    input_size: tuple[int, int, int]
-
-
-def input_size_of(data: DataConfig) -> tuple[int, int, int]:
-    meta = dataset_info(data.name)
-    size = data.image_size or meta.default_image_size
-    return (meta.in_channels, size, size)
-
-
-def build_data(data: DataConfig, info: DistInfo, seed: int, max_steps: int = 0) -> Data:
-    """Train / val loaders (``data.batch_size`` is the global batch; it must divide by the processes)."""
-    if data.batch_size % info.world_size:
-        raise ConfigError(f"data.batch_size={data.batch_size} does not divide by the {info.world_size} "
-                          "processes; it is the global batch size")
-    train_set = build_dataset_from_config(data, "train")
-    val_set = build_dataset_from_config(data, "val", augment=False)
-    train = build_loader(train_set, data.batch_size // info.world_size, train=True, workers=data.workers,
-                         seed=seed)
-    val_batch = max(1, (data.val_batch_size or data.batch_size) // info.world_size)
-    val = build_loader(val_set, val_batch, train=False, workers=data.workers)
-    return Data(train_set, val_set, CappedLoader(train, max_steps), val, dataset_info(data.name).num_classes,
-                input_size_of(data))
+def build_data(cfg: OneMpsConfig, info: DistInfo, max_steps: int = 0) -> ClassificationData:
+    """core.engine.classification_data (``data.batch_size`` is global) with the train loader capped at
+    ``max_steps`` batches per epoch."""
+    data = classification_data(cfg.data, cfg.run.seed, info=info)
+    data.train = CappedLoader(data.train, max_steps)
+    data.num_classes = num_classes_for(cfg.model, cfg.data.name)
+    return data
 
 
 def run_paths(cfg: OneMpsConfig) -> dict[str, Path]:
@@ -102,11 +79,9 @@ def run_paths(cfg: OneMpsConfig) -> dict[str, Path]:
             "finetune": root / FINETUNE_DIR, "correlate": root / CORRELATE_DIR}
 
 
-def float_model(cfg: OneMpsConfig, num_classes: int | None = None) -> nn.Module:
+def float_model(cfg: OneMpsConfig) -> nn.Module:
     """The float network of ``cfg.model`` (``pretrained``: a local float checkpoint)."""
-    n = cfg.model.num_classes or num_classes or dataset_info(cfg.data.name).num_classes
-    return build_model(cfg.model.name, num_classes=n, pretrained=cfg.model.pretrained or None,
-                       **cfg.model.kwargs)
+    return build_model_from_config(cfg.model, cfg.data.name)
 
 
 @torch.no_grad()

@@ -13,6 +13,8 @@ from typing import Literal
 
 from core.config import (
     DataConfig,
+    ExperimentConfig,
+    ModelConfig,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
@@ -34,17 +36,6 @@ PRESETS: dict[str, list[str]] = {
     "edmips_proxy": ["search.probability_model=direct", "search.eta_distribution=fixed",
                      "search.gates=softmax", "search.entropy_weight=0"],
 }
-
-
-@dataclass
-class ModelConfig:
-    """The float network (``core.models.build_model``); ``pretrained``: a local float checkpoint the supernet
-    starts from (every weight option is a copy of it); None trains from the seeded initialisation."""
-
-    name: str = "resnet18"
-    num_classes: int | None = None  # None: the dataset's
-    pretrained: str | None = None
-    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -166,9 +157,11 @@ class CorrelateConfig:
 
 
 @dataclass
-class OneMpsConfig:
-    table_row: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
+class OneMpsConfig(ExperimentConfig):
+    """``table_row``, ``model`` (``pretrained``: a local float checkpoint the supernet starts from, every
+    weight option a copy of it), ``data``, ``run`` (core's shared sections) and the OneMPS stages."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet18"))
     data: DataConfig = field(default_factory=lambda: DataConfig(name="imagenet", batch_size=256))
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
 
-from core.bops import count
 from core.errors import ConfigError
+from core.quant import kernel
 
 HARDWARE_LOSSES = ("boltzmann", "multiplicative")
 Probs = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -101,19 +101,6 @@ class HardwareCosts:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
 
-def measure_costs(float_model: nn.Module, names: Sequence[str], w_candidates: Sequence[Sequence[int]],
-                  a_candidates: Sequence[Sequence[int]], input_size: tuple[int, ...],
-                  convention: str = "exact") -> HardwareCosts:
-    """:class:`HardwareCosts` of the layers ``names`` of the FLOAT ``float_model`` (before quantization)."""
-    report = count(float_model, tuple(input_size), convention=convention)
-    macs = {r.name: float(r.macs) for r in report.rows}
-    missing = [n for n in names if n not in macs]
-    if missing:
-        raise ConfigError(f"the BOPs counter has no row for searchable layer(s) {missing[:4]}")
-    return HardwareCosts(list(names), [macs[n] for n in names], [list(w) for w in w_candidates],
-                         [list(a) for a in a_candidates], convention)
-
-
 # ---------------------------------------------------------------------------- the slide's terms
 def pair_probabilities(probs: Probs) -> list[torch.Tensor]:
     """pi_{k,(i,j)} = pi^w_{k,i} pi^x_{k,j}, one ``(|B^w_k|, |B^x_k|)`` tensor per layer."""
@@ -143,13 +130,44 @@ def expected_cost(probs: Probs, h: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([pw @ hk @ pa for (pw, pa), hk in zip(probs, h)]).sum()
 
 
-def kernel_similarity(weights: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+def _pair_norm(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt((a - b).square().sum() + eps)
+
+
+def _scaled_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (a - b) * c
+
+
+class _PairwiseDistances(torch.autograd.Function):
+    """sum_{i < j} sqrt(||w_i - w_j||^2 + eps) of one layer's kernels, with a hand-written backward
+    (d/dw_i = sum_j (w_i - w_j) / norm_ij) and its element-wise work in functions that ``run.compile``
+    fuses (``core.quant.kernel``): the kernels are the largest tensors of a small-input step."""
+
+    @staticmethod
+    def forward(ctx: Any, eps: float, *kernels: torch.Tensor) -> torch.Tensor:
+        pairs = [(i, j) for i in range(len(kernels)) for j in range(i + 1, len(kernels))]
+        norms = torch.stack([kernel(_pair_norm)(kernels[i], kernels[j], eps) for i, j in pairs])
+        ctx.save_for_backward(norms, *kernels)
+        ctx.pairs = pairs
+        return norms.sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        norms, *kernels = ctx.saved_tensors
+        grads: list[torch.Tensor | None] = [None] * len(kernels)
+        for (i, j), norm in zip(ctx.pairs, norms):
+            step = kernel(_scaled_difference)(kernels[i], kernels[j], grad / norm)
+            grads[i] = step if grads[i] is None else grads[i].add_(step)
+            grads[j] = -step if grads[j] is None else grads[j].sub_(step)
+        return (None, *grads)
+
+
+def kernel_similarity(weights: Sequence[Sequence[torch.Tensor]], eps: float = 1e-12) -> torch.Tensor:
     """sum over layers of sum_{i < j} ||w_i - w_j||_2 over the layer's weight-option kernels.
 
-    The norm is taken as sqrt(sum of squares + 1e-12): identical kernels (the start of training) then get
-    a zero, not an undefined, gradient."""
-    terms = [torch.sqrt((ws[i] - ws[j]).square().sum() + 1e-12)
-             for ws in weights for i in range(len(ws)) for j in range(i + 1, len(ws))]
+    The norm is taken as sqrt(sum of squares + eps): identical kernels (the start of training) then get a
+    zero, not an undefined, gradient."""
+    terms = [_PairwiseDistances.apply(eps, *ws) for ws in weights if len(ws) > 1]
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()

@@ -11,12 +11,13 @@ Per searchable layer k (abstract and slides):
 - the layer computes ``conv(sum_j z^x_j A_j(x), sum_i z^w_i Q_i(w_i))``.
 
 Gate modes (``ProbabilityModel.mode``): ``gumbel_hard`` (OneMPS, VIMPS): a straight-through one-hot sample,
-so the forward runs ONE path, the activation quantizer and kernel of the sampled options;
-the gradient of every gate ``z_i`` is the straight-through ``<dL/d(input), A_i(x)>``, computed for the
-unselected activation options in the backward pass only (:class:`_StraightThroughSelect`, nothing extra
-is stored); ``gumbel_soft`` (DNAS: the Concrete relaxation, every path mixed) and ``softmax`` (the EdMIPS
-proxy: pi itself, no sampling) mix every option. In ``eval()`` a layer runs the most probable options at the
-model's current eta; :func:`pin_architecture` fixes every layer to given options (a child network).
+so the forward runs ONE path, the activation quantizer and kernel of the sampled options; the gradient
+of every gate is the straight-through one of the one-hot sum, ``<dL/dW, Q_i(w_i)>`` and
+``<dL/dx_q, A_j(x)>``, computed for the unselected options in the backward pass only
+(:class:`_StraightThroughSelect`, nothing extra is stored); ``gumbel_soft`` (DNAS: the Concrete
+relaxation, every path mixed) and ``softmax`` (the EdMIPS proxy: pi itself, no sampling) mix every option.
+In ``eval()`` a layer runs the most probable options at the model's current eta; :func:`pin_architecture`
+fixes every layer to given options (a child network).
 
 Conditional BatchNorm (:class:`ConditionalBatchNorm2d`): the BN that follows a supernet conv keeps one
 ``BatchNorm2d`` per weight-bit option (default), per activation-bit option or per pair (kind option
@@ -33,10 +34,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import ConfigError
-from core.nn import KindContext, QuantSpec, following_batchnorms, register_layer_kind, replace_module
-from core.nn.composite import sample_gates
+from core.nn import (
+    KindContext,
+    QuantSpec,
+    following_batchnorms,
+    gumbel_softmax,
+    register_layer_kind,
+    replace_module,
+)
 from core.nn.qlayers import build_quantizer, copy_float_params
-from core.quant import FULL_PRECISION, LSQQuantizer
+from core.quant import FULL_PRECISION, LSQQuantizer, kernel
 from papers.onemps.probability import ProbabilityModel, build_probability_model
 
 KIND = "onemps"
@@ -65,40 +72,57 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 class _StraightThroughSelect(torch.autograd.Function):
-    """Forward: ``y = A_s(x)`` (already computed, its graph kept). Backward: ``dL/dy`` unchanged to ``y``
-    and, for every option ``i``, ``dL/dz_i = <dL/dy, A_i(x)>`` (the straight-through gate gradient of
-    ``sum_i z_i A_i(x)`` at a one-hot ``z``); ``A_i(x)`` of the unselected options is computed here under
-    ``no_grad``, so the forward pass runs one path and stores nothing more."""
+    """Forward: ``y = Q_s(v_s)`` of the selected option ``s`` (already computed, its graph kept). Backward:
+    ``dL/dy`` unchanged to ``y`` and, for every option ``i``, ``dL/dz_i = <dL/dy, Q_i(v_i)>``, the
+    straight-through gate gradient of ``sum_i z_i Q_i(v_i)`` at a one-hot ``z``. ``Q_i(v_i)`` of the
+    unselected options is computed here under ``no_grad`` (values only), so the forward pass runs one path
+    and stores nothing more; the unselected kernels and quantizers get no gradient from the data term, as
+    in the one-hot sum. ``values``: one tensor per option (the option kernels), or one shared by all
+    (the layer input)."""
 
     @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor, index: int,
-                quantizers: Sequence[nn.Module]) -> torch.Tensor:
-        ctx.save_for_backward(y, x)
+    def forward(ctx: Any, y: torch.Tensor, z: torch.Tensor, index: int, quantizers: Sequence[nn.Module],
+                *values: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y, *values)
         ctx.index, ctx.quantizers = index, quantizers
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        y, x = ctx.saved_tensors
+        y, *values = ctx.saved_tensors
         flat = grad.reshape(-1)
         with torch.no_grad():
-            dz = torch.stack([torch.dot(flat, (y if i == ctx.index else quantized_value(q, x)).reshape(-1))
+            dz = torch.stack([torch.dot(flat, y.reshape(-1)) if i == ctx.index
+                              else quantized_dot(q, values[i % len(values)], flat)
                               for i, q in enumerate(ctx.quantizers)])
-        return grad, dz.to(grad.dtype), None, None, None
+        return (grad, dz.to(grad.dtype), None, None) + (None,) * len(values)
 
 
-def quantized_value(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``quantizer(x)`` without the tensors that only carry its surrogate gradients: for a per-tensor LSQ
-    quantizer whose step is initialised, ``clamp(round(x / s), Q_n, Q_p) * s`` (the same value as
-    ``core.quant.functional.lsq_fake_quant``, in 3 instead of about 10 element-wise passes); otherwise
-    the quantizer itself."""
+def _lsq_value_dot(grad: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """``<grad, clamp(round(x / s), Q_n, Q_p) * s>``: LSQ's value (``lsq_fake_quant`` without the tensors
+    that carry its surrogate gradients) dotted with ``grad``, one fused pass when compiled."""
+    return torch.dot(grad, (torch.clamp(torch.round(x.reshape(-1) / step), qn, qp) * step))
+
+
+def quantized_dot(quantizer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``<grad, quantizer(x)>`` (flattened), the gate gradient of an unselected option. A per-tensor LSQ
+    quantizer whose step is initialised goes through :func:`_lsq_value_dot` (via ``core.quant.kernel``, so
+    ``run.compile`` fuses it); any other quantizer is simply called."""
     if isinstance(quantizer, LSQQuantizer) and not quantizer.per_channel and quantizer.bits < FULL_PRECISION:
         slot = quantizer.candidate_bits.index(quantizer.bits) if quantizer.candidate_bits else 0
         if bool(quantizer.initialized[slot]):
             qn, qp = quantizer.qrange(quantizer.bits)
-            step = quantizer.step_for(quantizer.bits)
-            return torch.clamp(torch.round(x / step), qn, qp).mul_(step)
-    return quantizer(x)
+            return kernel(_lsq_value_dot)(grad, x, quantizer.step_for(quantizer.bits), qn, qp)
+    return torch.dot(grad, quantizer(x).reshape(-1))
+
+
+def sample_gates(logits: torch.Tensor, mode: str, tau: float) -> torch.Tensor:
+    """Training-time gates over one layer's options: ``softmax`` (pi itself, the EdMIPS proxy), or a
+    Gumbel-softmax sample (``core.nn.gumbel_softmax``), relaxed (``gumbel_soft``) or straight-through
+    one-hot (``gumbel_hard``)."""
+    if mode == "softmax":
+        return logits.softmax(0)
+    return gumbel_softmax(logits, tau=tau, hard=mode == "gumbel_hard", dim=0)
 
 
 class _SupernetMixin:
@@ -120,10 +144,9 @@ class _SupernetMixin:
             build_quantizer(w_quant, b, "weight", w_options, out_channels) for b in self.w_candidates)
         self.a_quantizers = nn.ModuleList(
             build_quantizer(a_quant, b, "activation", a_options, in_channels) for b in self.a_candidates)
-        if len(self.w_candidates) > 1:  # one kernel per weight-bit option (not shared)
-            n_extra = len(self.w_candidates) - 1
-            self.extra_weights = nn.Parameter(
-                self.weight.detach().unsqueeze(0).repeat(n_extra, *[1] * self.weight.dim()))
+        # one kernel per weight-bit option (not shared): .weight is option 0, extra_weights[i - 1] option i
+        self.extra_weights = nn.ParameterList(nn.Parameter(self.weight.detach().clone())
+                                              for _ in self.w_candidates[1:])
         self.index = int(index)  # position among the model's searchable layers (its logits in f_theta)
         self.bit_model: ProbabilityModel | None = None  # set by the kind's post-pass (shared module)
         self.bn_key = "weight"
@@ -143,9 +166,9 @@ class _SupernetMixin:
 
     def _copy_from_float(self, module: nn.Module) -> None:
         copy_float_params(module, self)
-        if hasattr(self, "extra_weights"):
-            with torch.no_grad():
-                self.extra_weights.copy_(module.weight.unsqueeze(0).expand_as(self.extra_weights))
+        with torch.no_grad():
+            for w in self.extra_weights:
+                w.copy_(module.weight)
 
     # -- probabilities (also what core.bops and core.policy read of a searchable layer) ----------
     def logits(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,9 +200,7 @@ class _SupernetMixin:
         lw, la = self.logits()
         if not self.training:
             return None, None, int(lw.argmax()), int(la.argmax())
-        mode, tau = self.bit_model.mode, self.bit_model.tau
-        zw = sample_gates(lw, mode, tau, True)
-        za = sample_gates(la, mode, tau, True)
+        zw, za = (sample_gates(logits, self.bit_model.mode, self.bit_model.tau) for logits in (lw, la))
         self.last_gates = (zw, za)
         return zw, za, int(zw.detach().argmax()), int(za.detach().argmax())
 
@@ -192,14 +213,15 @@ class _SupernetMixin:
         if za is None:
             return self.a_quantizers[j](x)
         if hard:
-            return _StraightThroughSelect.apply(self.a_quantizers[j](x), za, x, j, list(self.a_quantizers))
+            return _StraightThroughSelect.apply(self.a_quantizers[j](x), za, j, list(self.a_quantizers), x)
         return sum(za[k] * q(x) for k, q in enumerate(self.a_quantizers))
 
-    def _quantized_weight(self, zw: torch.Tensor | None, i: int) -> torch.Tensor:
+    def _quantized_weight(self, zw: torch.Tensor | None, i: int, hard: bool) -> torch.Tensor:
         if zw is None:
             return self.w_quantizers[i](self.option_weight(i))
-        # every kernel enters the graph (the unselected ones with a zero gate in the hard mode): the
-        # weights are small next to the activations, and DDP then sees every kernel used
+        if hard:
+            return _StraightThroughSelect.apply(self.w_quantizers[i](self.option_weight(i)), zw, i,
+                                                list(self.w_quantizers), *self.option_weights())
         return sum(zw[k] * q(self.option_weight(k)) for k, q in enumerate(self.w_quantizers))
 
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +229,7 @@ class _SupernetMixin:
         self.last_choice = (i, j)
         self._select_bn(i, j)
         hard = self.bit_model is not None and self.bit_model.mode == "gumbel_hard"
-        return self._quantized_input(x, za, j, hard), self._quantized_weight(zw, i)
+        return self._quantized_input(x, za, j, hard), self._quantized_weight(zw, i, hard)
 
     def _supernet_repr(self) -> str:
         return (f", w_candidates={self.w_candidates}, a_candidates={self.a_candidates}, index={self.index}"

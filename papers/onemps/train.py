@@ -148,10 +148,10 @@ class SupernetTrainer(Trainer):
         return scalars
 
 
-def build_for_training(cfg: OneMpsConfig, num_classes: int, input_size: tuple[int, int, int],
-                       device: torch.device) -> tuple[nn.Module, HardwareCosts]:
+def build_for_training(cfg: OneMpsConfig, input_size: tuple[int, int, int], device: torch.device
+                       ) -> tuple[nn.Module, HardwareCosts]:
     """The supernet of ``cfg`` on ``device`` and its hardware costs."""
-    model, costs = build_supernet(cfg, float_model(cfg, num_classes), input_size)
+    model, costs = build_supernet(cfg, float_model(cfg), input_size)
     return model.to(device), costs
 
 
@@ -213,9 +213,9 @@ def run_train(cfg: OneMpsConfig) -> dict:
     t0 = time.perf_counter()
     info = setup(cfg)
     s = cfg.search
-    data = build_data(cfg.data, info, cfg.run.seed, s.max_steps_per_epoch)
+    data = build_data(cfg, info, s.max_steps_per_epoch)
     out = run_paths(cfg)["supernet"]
-    model, costs = build_for_training(cfg, data.num_classes, data.input_size, info.device)
+    model, costs = build_for_training(cfg, data.input_size, info.device)
     if s.eta_distribution == "fixed":
         log(f"OneMPS train ({s.probability_model} logits, gates {s.gates}, {s.hardware_loss} hardware loss, "
             f"fixed eta={s.eta:g}): {len(costs.names)} searchable layers")

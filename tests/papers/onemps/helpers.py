@@ -18,7 +18,7 @@ def tiny_config(*overrides: str, preset: str | None = None) -> OneMpsConfig:
 def tiny_supernet(*overrides: str, preset: str | None = None, seed: int = 0):
     cfg = tiny_config(*overrides, preset=preset)
     torch.manual_seed(seed)
-    model, costs = build_supernet(cfg, float_model(cfg, 10), (3, 8, 8))
+    model, costs = build_supernet(cfg, float_model(cfg), (3, 8, 8))
     return cfg, model, costs
 
 

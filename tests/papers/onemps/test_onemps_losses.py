@@ -162,3 +162,14 @@ def test_presets_only_change_what_the_slides_list():
         changed = {k for k in vars(cfg.search) if getattr(cfg.search, k) != getattr(base.search, k)}
         assert changed == {o.split("=")[0].split(".")[1] for o in overrides}, name
         assert cfg.quant == base.quant and cfg.search.kernel_weight == base.search.kernel_weight
+
+
+def test_kernel_similarity_gradient_matches_autograd():
+    g = torch.Generator().manual_seed(1)
+    ws = [torch.randn(3, 4, generator=g, requires_grad=True) for _ in range(3)]
+    kernel_similarity([ws]).backward()
+    ref = [w.detach().clone().requires_grad_(True) for w in ws]
+    pairs = [(i, j) for i in range(3) for j in range(i + 1, 3)]
+    sum(torch.sqrt((ref[i] - ref[j]).square().sum() + 1e-12) for i, j in pairs).backward()
+    for w, r in zip(ws, ref):
+        torch.testing.assert_close(w.grad, r.grad)

@@ -73,7 +73,7 @@ def test_layers_hold_one_kernel_and_quantizer_per_option_and_share_one_probabili
     assert [n for n, _ in layers] == costs.names and len(layers) == 6
     name, conv = layers[0]
     assert isinstance(conv, SupernetConv2d) and conv.w_candidates == [2, 4, 8]
-    assert conv.extra_weights.shape == (2, *conv.weight.shape)  # kernels 1 and 2; kernel 0 is .weight
+    assert [w.shape for w in conv.extra_weights] == [conv.weight.shape] * 2  # options 1, 2; 0 is .weight
     assert [q.bits for q in conv.w_quantizers] == [2, 4, 8] and len({id(q) for q in conv.w_quantizers}) == 3
     with torch.no_grad():
         conv.extra_weights[0].add_(1.0)
@@ -143,7 +143,7 @@ def test_straight_through_select_gives_every_gate_its_gradient_from_one_path():
     g = torch.randn(4, 4, 8, 8)
     z1 = torch.tensor([0.0, 1.0, 0.0], requires_grad=True)
     x1 = x.clone().requires_grad_(True)
-    y = _StraightThroughSelect.apply(quants[1](x1), z1, x1, 1, quants)
+    y = _StraightThroughSelect.apply(quants[1](x1), z1, 1, quants, x1)
     (y * g).sum().backward()
     z2 = torch.tensor([0.0, 1.0, 0.0], requires_grad=True)
     x2 = x.clone().requires_grad_(True)
