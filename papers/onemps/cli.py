@@ -115,6 +115,7 @@ def _with_run_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="the run directory (run.out_dir) of `mpq onemps train`")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    parser.set_defaults(overrides_anywhere=True)  # core.cli.main: before or after the options
     return parser
 
 

@@ -148,12 +148,15 @@ class CorrelateConfig:
     presets: list[str] = field(default_factory=lambda: ["onemps", "edmips_proxy", "dnas"])
     seed: int = 0  # architecture sampling
     standalone_epochs: int = 0  # 0: finetune.schedule.epochs
+    table_rows: dict[str, str] = field(default_factory=dict)  # preset -> table row its results.json fills
 
     def validate(self) -> None:
         require_range(self, "architectures", ge=2)
         unknown = [p for p in self.presets if p not in PRESETS]
         require(not unknown and bool(self.presets), "presets",
                 f"must be a non-empty list of {sorted(PRESETS)}, got {self.presets}")
+        require(set(self.table_rows) <= set(self.presets), "table_rows",
+                f"names presets outside correlate.presets {self.presets}: {sorted(self.table_rows)}")
 
 
 @dataclass

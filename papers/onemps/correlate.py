@@ -17,20 +17,26 @@ Protocol (``mpq onemps correlate -c CONFIG``; the slides give none, every step i
    re-estimated on ``pareto.bn_images`` images, top-1 on val);
 4. tau = ``scipy.stats.kendalltau`` (tau-b) of the child accuracies against the standalone accuracies.
 
-Writes ``RUN_DIR/correlate/kendall.json``; every training is a resumable run directory under it.
+Writes ``RUN_DIR/correlate/kendall.json`` and, per configuration, ``RUN_DIR/correlate/<preset>/results.json``
+(``metrics.tau``; ``table_row`` from ``correlate.table_rows``, so ``mpq bench check`` compares it with the
+slide; its counts are those of the float network the architectures come from). Every training is a
+resumable run directory under it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import torch
 
+from core.bops import count
 from core.config import build_config, config_to_dict, parse_overrides
 from core.engine import is_main, log
 from core.io import atomic_write_json
-from papers.onemps.common import build_data, run_paths, setup
+from core.results import run_result, write_results
+from papers.onemps.common import build_data, float_model, run_paths, setup
 from papers.onemps.config import PRESETS, OneMpsConfig
 from papers.onemps.finetune import extract_child, train_child
 from papers.onemps.losses import HardwareCosts
@@ -85,6 +91,7 @@ def run_correlate(cfg: OneMpsConfig) -> dict[str, Any]:
     c = cfg.correlate
     data = build_data(cfg, info, cfg.search.max_steps_per_epoch)
     fresh, costs = build_for_training(cfg, data.input_size, info.device)
+    float_report = count(float_model(cfg), data.input_size, convention="bpnas")
     archs = sample_architectures(costs, c.architectures, c.seed)
     records = [{"policy": {n: [fresh.get_submodule(n).w_candidates[i], fresh.get_submodule(n).a_candidates[j]]
                            for n, (i, j) in a.items()}, "bops": costs.bops(a)} for a in archs]
@@ -110,6 +117,12 @@ def run_correlate(cfg: OneMpsConfig) -> dict[str, Any]:
         results[preset] = {"tau": tau, "p_value": p_value, "supernet_top1": accs,
                            "supernet_train_s": summary["wall_time_s"]}
         log(f"correlate: {preset}: Kendall tau {tau:.3f} (p={p_value:.3g})")
+        write_results(root / preset / "results.json", dataclasses.replace(run_result(
+            pcfg, info, paper="onemps", method=preset, report=float_report,
+            metrics={"tau": tau}, wall_time_s={"supernet": summary["wall_time_s"]},
+            extra={"p_value": p_value, "architectures": len(archs), "standalone_top1": standalone,
+                   "supernet_top1": accs, "counts_of": "the float network the architectures come from"}),
+            table_row=c.table_rows.get(preset, cfg.table_row)))
     out = {"model": cfg.model.name, "dataset": cfg.data.name, "architectures": records,
            "standalone_top1": standalone, "standalone_epochs": epochs, "presets": results,
            "wall_s": time.perf_counter() - t0}
