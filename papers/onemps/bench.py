@@ -18,9 +18,9 @@ time, the budgets served from it so far (``budgets.json`` in its directory) and 
 EdMIPS's adapter: over budget -> eta x ``growth``, within -> eta / ``growth``, then geometric bisection;
 after ``max_searches`` the feasible policy with the most BOPs (none feasible: every layer at its lowest bits).
 
-``request.options`` (all optional): ``eta0`` (0.1), ``eta1`` (10), ``entropy_weight`` (1e-3),
-``kernel_weight`` (1e-2), ``lr`` (0.05), ``arch_lr`` (0.01), ``arch_warmup_epochs`` (0),
-``max_steps_per_epoch`` (0), ``cache_dir`` (onemps), ``eta`` (initial eta: 1.0 VIMPS, 0.1 DNAS),
+``request.options`` (all optional): ``eta0`` (0.001), ``eta1`` (1), ``entropy_weight`` (1e-3),
+``kernel_weight`` (1e-2), ``lr`` (0.1, the shared recipe's), ``arch_lr`` (0.01), ``arch_warmup_epochs`` (0),
+``max_steps_per_epoch`` (0), ``cache_dir`` (onemps), ``eta`` (initial eta: 0.03 VIMPS, beta 0.1 DNAS),
 ``growth`` (4), ``max_searches`` (4). Every search's ``meta["diagnostics"]`` holds, per layer, the max
 probability and entropy of pi (weights, activations) at the end and the expected BOPs at the start and end.
 """
@@ -52,10 +52,10 @@ from papers.onemps.select import cheapest_choice, select_for_budget
 from papers.onemps.supernet import choice_bits, most_probable, probability_model
 from papers.onemps.train import diagnostics, fit_supernet
 
-COMMON = {"eta0": 0.1, "eta1": 10.0, "entropy_weight": 1e-3, "kernel_weight": 1e-2, "lr": 0.05,
+COMMON = {"eta0": 0.001, "eta1": 1.0, "entropy_weight": 1e-3, "kernel_weight": 1e-2, "lr": 0.1,
           "arch_lr": 0.01, "arch_warmup_epochs": 0, "max_steps_per_epoch": 0}
 DEFAULTS = {"onemps": {**COMMON, "cache_dir": None},
-            "vimps": {**COMMON, "eta": 1.0, "growth": 4.0, "max_searches": 4},
+            "vimps": {**COMMON, "eta": 0.03, "growth": 4.0, "max_searches": 4},
             "dnas": {**COMMON, "eta": 0.1, "growth": 4.0, "max_searches": 4}}
 _MEMO: dict[str, tuple[nn.Module, HardwareCosts, dict]] = {}
 

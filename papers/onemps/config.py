@@ -71,8 +71,8 @@ class SearchConfig:
     probability_model: Literal["mlp", "direct"] = "mlp"  # mlp: f_theta(eta) (OneMPS); direct: VIMPS
     mlp_depth: int = 2  # hidden layers of f_theta
     mlp_width: int = 64  # units per hidden layer
-    eta0: float = 0.1  # [eta0, eta1]: the range of p(eta), of f_theta's input normalisation and of the sweep
-    eta1: float = 10.0
+    eta0: float = 0.003  # [eta0, eta1]: the range of p(eta), of f_theta's input normalisation, of the sweep
+    eta1: float = 3.0
     eta_distribution: Literal["uniform", "log_uniform", "fixed"] = "log_uniform"  # p(eta); fixed: search.eta
     eta: float = 1.0  # the penalty of a fixed-eta search (VIMPS, DNAS's beta, EdMIPS proxy)
     gates: Literal["gumbel_hard", "gumbel_soft", "softmax"] = "gumbel_hard"
@@ -113,7 +113,7 @@ class ParetoConfig:
     weights after BN re-calibration on ``bn_images`` training images."""
 
     points: int = 20  # abstract: "20 to 40 supernet evaluations"
-    spacing: Literal["linear", "log"] = "linear"  # abstract: eta "swept linearly"
+    spacing: Literal["linear", "log"] = "log"  # the abstract sweeps linearly: pareto.spacing=linear (README)
     bn_images: int = 2048
     max_eval_batches: int = 0  # 0: the whole validation split
 

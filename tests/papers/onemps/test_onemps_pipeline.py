@@ -38,12 +38,15 @@ def test_train_pareto_finetune_plot_through_the_cli(tmp_path):
     summary = json.loads((supernet / "summary.json").read_text())
     assert set(summary["diagnostics"]) == {"start", "end"}
 
+    assert mpq(["onemps", "pareto", str(out), "--points", "4", "pareto.spacing=linear"]) == 0
+    etas = [c["eta"] for c in json.loads((out / "pareto" / "candidates.json").read_text())["candidates"]]
+    assert etas == pytest.approx([0.001 + 0.999 * k / 3 for k in range(4)])  # the abstract's linear sweep
     assert mpq(["onemps", "pareto", str(out), "--points", "4"]) == 0
     cands = json.loads((out / "pareto" / "candidates.json").read_text())
     front = json.loads((out / "pareto" / "front.json").read_text())["front"]
-    assert len(cands["candidates"]) == 4 and cands["points"] == 4
+    assert len(cands["candidates"]) == 4 and cands["points"] == 4 and cands["spacing"] == "log"
     etas = [c["eta"] for c in cands["candidates"]]
-    assert etas == pytest.approx([0.1 + 9.9 * k / 3 for k in range(4)])  # linear sweep over [eta0, eta1]
+    assert etas == pytest.approx([0.001, 0.01, 0.1, 1.0])  # digits: [eta0, eta1] = [0.001, 1]
     distinct = [c for c in cands["candidates"] if "same_as_eta" not in c]
     assert 1 <= len(front) <= len(distinct)
     for p in front:  # non-dominated among the distinct children
