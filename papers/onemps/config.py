@@ -147,7 +147,9 @@ class CorrelateConfig:
     architectures: int = 8  # M
     presets: list[str] = field(default_factory=lambda: ["onemps", "edmips_proxy", "dnas"])
     seed: int = 0  # architecture sampling
-    standalone_epochs: int = 0  # 0: finetune.schedule.epochs
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.1, momentum=0.9,
+                                                                   weight_decay=1e-4))  # standalone training
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", epochs=10))
     table_rows: dict[str, str] = field(default_factory=dict)  # preset -> table row its results.json fills
 
     def validate(self) -> None:

@@ -10,8 +10,8 @@ Protocol (``mpq onemps correlate -c CONFIG``; the slides give none, every step i
    layer's weight and activation option is round(u_m (n - 1) + N(0, 0.75)) clipped to the n options
    (:func:`sample_architectures`);
 2. standalone: each architecture as a fixed-precision network (:func:`papers.onemps.finetune.extract_child`
-   of a freshly built supernet: the float weights) trained with the ``finetune`` recipe for
-   ``correlate.standalone_epochs`` epochs (0: ``finetune.schedule.epochs``), BN re-estimated, top-1 on val;
+   of a freshly built supernet: the float weights, ``model.pretrained`` or the seeded initialisation)
+   trained with ``correlate.optim`` / ``correlate.schedule``, BN re-estimated, top-1 on val;
 3. per configuration in ``correlate.presets`` (:data:`papers.onemps.config.PRESETS`): one supernet trained
    with the run's config plus the preset's overrides; each architecture evaluated as its child (pinned, BN
    re-estimated on ``pareto.bn_images`` images, top-1 on val);
@@ -95,12 +95,11 @@ def run_correlate(cfg: OneMpsConfig) -> dict[str, Any]:
     archs = sample_architectures(costs, c.architectures, c.seed)
     records = [{"policy": {n: [fresh.get_submodule(n).w_candidates[i], fresh.get_submodule(n).a_candidates[j]]
                            for n, (i, j) in a.items()}, "bops": costs.bops(a)} for a in archs]
-    epochs = c.standalone_epochs or cfg.finetune.schedule.epochs
     standalone = []
     for k, arch in enumerate(archs):
         child = extract_child(fresh, arch)
-        metrics, _ = train_child(cfg, child, data, info.device, root / "standalone" / f"arch{k}", epochs,
-                                 config={"correlate": config_to_dict(cfg), "architecture": k})
+        metrics, _ = train_child(cfg, child, data, info.device, root / "standalone" / f"arch{k}", c.optim,
+                                 c.schedule, config={"correlate": config_to_dict(cfg), "architecture": k})
         standalone.append(metrics["top1"])
         log(f"correlate: architecture {k} ({records[k]['bops']:.4g} BOPs): standalone top-1 "
             f"{metrics['top1']:.2f}")
@@ -124,7 +123,7 @@ def run_correlate(cfg: OneMpsConfig) -> dict[str, Any]:
                    "supernet_top1": accs, "counts_of": "the float network the architectures come from"}),
             table_row=c.table_rows.get(preset, cfg.table_row)))
     out = {"model": cfg.model.name, "dataset": cfg.data.name, "architectures": records,
-           "standalone_top1": standalone, "standalone_epochs": epochs, "presets": results,
+           "standalone_top1": standalone, "standalone_epochs": c.schedule.epochs, "presets": results,
            "wall_s": time.perf_counter() - t0}
     if is_main():
         atomic_write_json(root / KENDALL_FILE, out)

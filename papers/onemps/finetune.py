@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core.bops import count
+from core.config import OptimConfig, ScheduleConfig
 from core.engine import (
     Trainer,
     build_optimizer,
@@ -107,22 +108,20 @@ def selected_policy(cfg: OneMpsConfig) -> tuple[BitPolicy, str]:
 
 
 def train_child(cfg: OneMpsConfig, child: nn.Module, data: Any, device: torch.device, run_dir: Path | None,
-                epochs: int, config: Any = None) -> tuple[dict, float]:
-    """Fine-tune ``child`` (``finetune`` section), re-estimate its BN statistics, evaluate on val; returns
-    the evaluation and the training wall time."""
-    f = cfg.finetune
+                optim: OptimConfig, schedule: ScheduleConfig, config: Any = None) -> tuple[dict, float]:
+    """Train ``child`` with ``optim`` / ``schedule``, re-estimate its BN statistics on
+    ``finetune.bn_images`` training images, evaluate on val; returns the evaluation and the training wall
+    time."""
     child.to(device)
-    optimizer = build_optimizer(f.optim, child.parameters())
-    schedule = copy.deepcopy(f.schedule)
-    schedule.epochs = epochs
+    optimizer = build_optimizer(optim, child.parameters())
     scheduler = build_scheduler(schedule, optimizer, len(data.train))
-    kwargs = trainer_kwargs(cfg.run, f.optim)
-    kwargs.update(run_dir=run_dir, eval_every=epochs)
-    trainer = Trainer(child, {"weights": optimizer}, data.train, None, epochs=epochs,
+    kwargs = trainer_kwargs(cfg.run, optim)
+    kwargs.update(run_dir=run_dir)
+    trainer = Trainer(child, {"weights": optimizer}, data.train, None, epochs=schedule.epochs,
                       schedulers={"weights": scheduler}, device=device,
                       config=config if config is not None else cfg, **kwargs)
     trainer.fit()
-    reestimate_bn_statistics(child, data.train, f.bn_images, device)
+    reestimate_bn_statistics(child, data.train, cfg.finetune.bn_images, device)
     return evaluate(child, data.val, device, desc="finetune"), trainer.wall_time_s
 
 
@@ -142,7 +141,7 @@ def run_finetune(cfg: OneMpsConfig) -> dict:
     child = extract_child(supernet, choice_of(supernet, policy))
     del supernet
     out = paths["finetune"] / tag
-    metrics, train_s = train_child(cfg, child, data, info.device, out, f.schedule.epochs)
+    metrics, train_s = train_child(cfg, child, data, info.device, out, f.optim, f.schedule)
     report = count(child, data.input_size, policy=policy, convention=cfg.quant.bops_convention)
     searchable = count(child, data.input_size, policy=policy, convention="bpnas")
     policy.meta.update(init=f.init)

@@ -70,7 +70,7 @@ def test_train_pareto_finetune_plot_through_the_cli(tmp_path):
 def test_correlation_study_on_digits(tmp_path):
     out = tmp_path / "run"
     row = "onemps/kendall-tau/resnet18-dnas"
-    study_keys = ["correlate.architectures=3", "search.eta=0.1", "correlate.standalone_epochs=1",
+    study_keys = ["correlate.architectures=3", "search.eta=0.1", "correlate.schedule.epochs=1",
                   "correlate.presets=[onemps, dnas]", f"correlate.table_rows={{dnas: {row}}}"]
     assert mpq(["onemps", "correlate", *_fast(out, *study_keys)]) == 0
     study = json.loads((out / "correlate" / "kendall.json").read_text())
