@@ -14,13 +14,13 @@ time, the budgets served from it so far (``budgets.json`` in its directory) and 
 (``amortised_s``; final after the comparison's last budget).
 
 ``vimps`` / ``dnas`` (:data:`VIMPS`, :data:`DNAS`): one search per fixed eta (the presets of
-:data:`papers.onemps.config.PRESETS`; for DNAS eta is beta of the multiplicative loss), bracketed like
+:data:`papers.onemps.config.PRESETS`; for DNAS the penalty is beta of the multiplicative loss), bracketed like
 EdMIPS's adapter: over budget -> eta x ``growth``, within -> eta / ``growth``, then geometric bisection;
 after ``max_searches`` the feasible policy with the most BOPs (none feasible: every layer at its lowest bits).
 
 ``request.options`` (all optional): ``eta0`` (0.001), ``eta1`` (1), ``entropy_weight`` (1e-3),
 ``kernel_weight`` (1e-2), ``lr`` (0.1, the shared recipe's), ``arch_lr`` (0.01), ``arch_warmup_epochs`` (0),
-``max_steps_per_epoch`` (0), ``cache_dir`` (onemps), ``eta`` (initial eta: 0.03 VIMPS, beta 0.1 DNAS),
+``max_steps_per_epoch`` (0), ``cache_dir`` (onemps), ``eta`` (initial eta: 0.03 VIMPS, beta 0.05 DNAS),
 ``growth`` (4), ``max_searches`` (4). Every search's ``meta["diagnostics"]`` holds, per layer, the max
 probability and entropy of pi (weights, activations) at the end and the expected BOPs at the start and end.
 """
@@ -56,7 +56,7 @@ COMMON = {"eta0": 0.001, "eta1": 1.0, "entropy_weight": 1e-3, "kernel_weight": 1
           "arch_lr": 0.01, "arch_warmup_epochs": 0, "max_steps_per_epoch": 0}
 DEFAULTS = {"onemps": {**COMMON, "cache_dir": None},
             "vimps": {**COMMON, "eta": 0.03, "growth": 4.0, "max_searches": 4},
-            "dnas": {**COMMON, "eta": 0.1, "growth": 4.0, "max_searches": 4}}
+            "dnas": {**COMMON, "eta": 0.05, "growth": 4.0, "max_searches": 4}}
 _MEMO: dict[str, tuple[nn.Module, HardwareCosts, dict]] = {}
 
 
@@ -83,7 +83,7 @@ def request_config(request: SearchRequest, preset: str, opts: dict, eta: float |
     if preset not in ("onemps", "vimps"):
         overrides = [o for o in overrides if not o.startswith("search.entropy_weight")]
     if eta is not None:
-        overrides.append(f"search.eta={eta}")
+        overrides.append(f"search.{'dnas_beta' if preset == 'dnas' else 'eta'}={eta}")
     return load_onemps_config(None, overrides, preset)
 
 

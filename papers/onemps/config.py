@@ -74,7 +74,7 @@ class SearchConfig:
     eta0: float = 0.003  # [eta0, eta1]: the range of p(eta), of f_theta's input normalisation, of the sweep
     eta1: float = 3.0
     eta_distribution: Literal["uniform", "log_uniform", "fixed"] = "log_uniform"  # p(eta); fixed: search.eta
-    eta: float = 1.0  # the penalty of a fixed-eta search (VIMPS, DNAS's beta, EdMIPS proxy)
+    eta: float = 0.1  # the penalty of a fixed-eta search (VIMPS, EdMIPS proxy)
     gates: Literal["gumbel_hard", "gumbel_soft", "softmax"] = "gumbel_hard"
     tau_start: float = 5.0  # Gumbel-softmax temperature schedule, per step
     tau_end: float = 0.5
@@ -82,7 +82,8 @@ class SearchConfig:
     hardware_loss: Literal["boltzmann", "multiplicative"] = "boltzmann"
     entropy_weight: float = 1e-3  # lambda
     kernel_weight: float = 1e-2  # mu
-    dnas_gamma: float = 1.0  # the exponent of DNAS's beta (log Cost)^gamma
+    dnas_beta: float = 0.05  # DNAS: task loss x beta (log Cost)^gamma, Cost in BOPs (beta ln Cost ~ 1)
+    dnas_gamma: float = 1.0
     arch_warmup_epochs: int = 0  # epochs during which only the weights step (theta frozen)
     init_quantizers: bool = True  # initialise every option's LSQ step on one batch before training
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
@@ -96,7 +97,7 @@ class SearchConfig:
         require_range(self, ["eta0", "tau_start", "tau_end"], gt=0)
         require_range(self, ["eta", "entropy_weight", "kernel_weight", "arch_warmup_epochs",
                              "max_steps_per_epoch"], ge=0)
-        require_range(self, "dnas_gamma", gt=0)
+        require_range(self, ["dnas_beta", "dnas_gamma"], gt=0)
         require_range(self, "mlp_depth", ge=0)
         require_range(self, "mlp_width", ge=1)
         require(self.eta1 > self.eta0, "eta1", f"must be > eta0 ({self.eta0}), got {self.eta1}")

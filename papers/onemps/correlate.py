@@ -46,12 +46,16 @@ from papers.onemps.train import build_for_training, fit_supernet, supernet_ident
 KENDALL_FILE = "kendall.json"
 
 
-def kendall_tau(x: list[float], y: list[float]) -> tuple[float, float]:
-    """Kendall's tau-b of two paired samples and its p-value (scipy.stats.kendalltau)."""
+def kendall_tau(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    """Kendall's tau-b of two paired samples and its p-value (scipy.stats.kendalltau); ``(None, None)``
+    when it is undefined (one sample constant)."""
+    import math
+
     from scipy.stats import kendalltau
 
     res = kendalltau(x, y)
-    return float(res.statistic), float(res.pvalue)
+    tau, p = float(res.statistic), float(res.pvalue)
+    return (None, None) if math.isnan(tau) else (tau, p)
 
 
 def sample_architectures(costs: HardwareCosts, m: int, seed: int = 0) -> list[dict[str, tuple[int, int]]]:
@@ -115,6 +119,10 @@ def run_correlate(cfg: OneMpsConfig) -> dict[str, Any]:
         tau, p_value = kendall_tau(accs, standalone)
         results[preset] = {"tau": tau, "p_value": p_value, "supernet_top1": accs,
                            "supernet_train_s": summary["wall_time_s"]}
+        if tau is None:
+            log(f"correlate: {preset}: Kendall tau undefined (every child, or every standalone network, "
+                "scored the same); no results.json")
+            continue
         log(f"correlate: {preset}: Kendall tau {tau:.3f} (p={p_value:.3g})")
         write_results(root / preset / "results.json", dataclasses.replace(run_result(
             pcfg, info, paper="onemps", method=preset, report=float_report,

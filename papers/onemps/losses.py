@@ -189,8 +189,8 @@ class Objective:
     """The training loss of one configuration (see :data:`papers.onemps.config.PRESETS`).
 
     ``hardware``: ``boltzmann`` (the slide's prior term, OneMPS / VIMPS / EdMIPS proxy) or
-    ``multiplicative`` (DNAS: task loss x beta (log Cost)^gamma with beta = eta); ``entropy_weight``
-    lambda (0 for DNAS and the EdMIPS proxy); ``kernel_weight`` mu; ``dnas_gamma`` gamma.
+    ``multiplicative`` (DNAS: task loss x beta (log Cost)^gamma, ``dnas_beta`` / ``dnas_gamma``);
+    ``entropy_weight`` lambda (0 for DNAS and the EdMIPS proxy); ``kernel_weight`` mu.
     """
 
     costs: HardwareCosts
@@ -198,6 +198,7 @@ class Objective:
     entropy_weight: float = 0.0
     kernel_weight: float = 0.0
     dnas_gamma: float = 1.0
+    dnas_beta: float = 0.05
 
     def __post_init__(self) -> None:
         if self.hardware not in HARDWARE_LOSSES:
@@ -227,7 +228,7 @@ class Objective:
         else:
             if gates is None:
                 raise ConfigError("the multiplicative (DNAS) hardware loss needs the step's sampled gates")
-            factor, cost = dnas_cost_factor(gates, self.costs.raw, eta, self.dnas_gamma)
+            factor, cost = dnas_cost_factor(gates, self.costs.raw, self.dnas_beta, self.dnas_gamma)
             loss = ce * factor
             terms["cost_factor"], terms["sampled_bops"] = factor.detach(), cost.detach()
         if self.entropy_weight:

@@ -64,7 +64,8 @@ def temperature(search: SearchConfig, step: int, total: int) -> float:
 
 def objective_of(search: SearchConfig, costs: HardwareCosts) -> Objective:
     return Objective(costs, hardware=search.hardware_loss, entropy_weight=search.entropy_weight,
-                     kernel_weight=search.kernel_weight, dnas_gamma=search.dnas_gamma)
+                     kernel_weight=search.kernel_weight, dnas_gamma=search.dnas_gamma,
+                     dnas_beta=search.dnas_beta)
 
 
 def diagnostics(model: nn.Module, costs: HardwareCosts, eta: float) -> dict[str, Any]:

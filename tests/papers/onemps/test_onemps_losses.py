@@ -135,16 +135,17 @@ def test_edmips_proxy_configuration_reduces_to_ce_plus_eta_expected_cost():
 
 
 def test_dnas_configuration_reduces_to_ce_times_beta_log_cost_power_gamma():
-    cfg = load_onemps_config(None, ["search.eta=0.2", "search.dnas_gamma=0.6"], "dnas")
+    cfg = load_onemps_config(None, ["search.dnas_beta=0.2", "search.dnas_gamma=0.6"], "dnas")
     assert (cfg.search.gates, cfg.search.entropy_weight, cfg.search.hardware_loss) == (
         "gumbel_soft", 0.0, "multiplicative")
     c = costs()
     logits = _logits()
     gates = [(torch.nn.functional.gumbel_softmax(x, tau=1.0), torch.nn.functional.gumbel_softmax(y, tau=1.0))
              for x, y in logits]
-    objective = Objective(c, cfg.search.hardware_loss, cfg.search.entropy_weight, 0.0, cfg.search.dnas_gamma)
+    objective = Objective(c, cfg.search.hardware_loss, cfg.search.entropy_weight, 0.0, cfg.search.dnas_gamma,
+                          cfg.search.dnas_beta)
     ce = torch.tensor(0.9)
-    loss, terms = objective(ce, logits, cfg.search.eta, gates=gates)
+    loss, terms = objective(ce, logits, 123.0, gates=gates)  # eta plays no part
     cost = sum(float(zw.detach() @ r.float() @ za.detach()) for (zw, za), r in zip(gates, c.raw))
     assert float(terms["sampled_bops"]) == pytest.approx(cost, rel=1e-5)
     assert float(loss.detach()) == pytest.approx(0.9 * 0.2 * math.log(cost) ** 0.6, rel=1e-5)
