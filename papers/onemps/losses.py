@@ -33,6 +33,7 @@ import torch
 
 from core.errors import ConfigError
 from core.quant import kernel
+from papers.onemps.probability import group_by_shape
 
 HARDWARE_LOSSES = ("boltzmann", "multiplicative")
 Probs = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -107,6 +108,19 @@ def pair_probabilities(probs: Probs) -> list[torch.Tensor]:
     return [torch.outer(pw, pa) for pw, pa in probs]
 
 
+def _batched(probs: Probs, h: Sequence[torch.Tensor] | None = None
+             ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per group of equally sized layers: the pair probabilities ``(G, |B^w|, |B^x|)`` and, with ``h``,
+    the costs stacked alike (one op per group instead of one per layer)."""
+    out = []
+    for group in group_by_shape(probs):
+        pw = torch.stack([probs[k][0] for k in group])
+        pa = torch.stack([probs[k][1] for k in group])
+        hk = torch.stack([h[k] for k in group]) if h is not None else None
+        out.append((pw.unsqueeze(2) * pa.unsqueeze(1), hk))
+    return out
+
+
 def boltzmann_prior(h: torch.Tensor, eta: float) -> torch.Tensor:
     """p_b(eta) = softmax_b(-eta h_b) over every bit configuration b of one layer (all dims of ``h``)."""
     return torch.softmax(-eta * h.flatten(), 0).reshape(h.shape)
@@ -114,20 +128,30 @@ def boltzmann_prior(h: torch.Tensor, eta: float) -> torch.Tensor:
 
 def hardware_term(probs: Probs, h: Sequence[torch.Tensor], eta: float) -> torch.Tensor:
     """sum_k sum_b pi_{k,b} log p_{k,b}(eta) (<= 0; the loss subtracts it)."""
-    terms = [(pi * torch.log_softmax(-eta * hk.flatten(), 0).reshape(hk.shape)).sum()
-             for pi, hk in zip(pair_probabilities(probs), h)]
-    return torch.stack(terms).sum()
+    return sum((pi.flatten(1) * torch.log_softmax(-eta * hk.flatten(1), 1)).sum()
+               for pi, hk in _batched(probs, h))
 
 
 def entropy(probs: Probs) -> torch.Tensor:
     """H(pi) = -sum_k sum_b pi_{k,b} log pi_{k,b} over the pair distributions."""
-    terms = [-(pi * torch.log(pi.clamp_min(1e-30))).sum() for pi in pair_probabilities(probs)]
-    return torch.stack(terms).sum()
+    return sum(-(pi * torch.log(pi.clamp_min(1e-30))).sum() for pi, _ in _batched(probs))
 
 
 def expected_cost(probs: Probs, h: Sequence[torch.Tensor]) -> torch.Tensor:
     """sum_k E_pi[h_k] = sum_k sum_{i,j} pi^w_{k,i} pi^x_{k,j} h_{k,(i,j)} (EdMIPS's E[b^w] E[b^x] MACs)."""
-    return torch.stack([pw @ hk @ pa for (pw, pa), hk in zip(probs, h)]).sum()
+    return sum((pi * hk).sum() for pi, hk in _batched(probs, h))
+
+
+def softmax_probabilities(logits: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                          ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """pi = softmax(logits) per layer and role, one softmax per group of equally sized layers."""
+    probs: list = [None] * len(logits)
+    for group in group_by_shape(logits):
+        pw = torch.stack([logits[k][0] for k in group]).softmax(1)
+        pa = torch.stack([logits[k][1] for k in group]).softmax(1)
+        for row, k in enumerate(group):
+            probs[k] = (pw[row], pa[row])
+    return probs
 
 
 def _pair_norm(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -177,7 +201,7 @@ def dnas_cost_factor(gates: Sequence[tuple[torch.Tensor, torch.Tensor]], raw: Se
                      beta: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(C(Cost(a)), Cost(a))``: beta (log Cost)^gamma with Cost = sum_k m^w_k^T Cost_k m^x_k in BOPs from
     the step's sampled gates ``m`` (DNAS, Wu et al. 2018). Cost must exceed 1 BOP (log > 0)."""
-    cost = torch.stack([zw @ r.to(zw) @ za for (zw, za), r in zip(gates, raw)]).sum()
+    cost = expected_cost(gates, [r.to(gates[0][0]) for r in raw])  # the sampled masks in place of pi
     log_cost = torch.log(cost)
     if float(log_cost.detach()) <= 0:
         raise ConfigError(f"DNAS's cost factor needs Cost(a) > 1 BOP, got {float(cost):.4g}")
@@ -218,7 +242,7 @@ class Objective:
         """``(loss, terms)`` for one step: ``ce`` the mini-batch cross-entropy, ``logits`` f_theta(eta) per
         layer, ``kernels`` each layer's weight-option kernels (for mu), ``gates`` the step's sampled gates
         (for the multiplicative loss)."""
-        probs = [(lw.softmax(0), la.softmax(0)) for lw, la in logits]
+        probs = softmax_probabilities(logits)
         h = self.h(logits[0][0])
         terms: dict[str, torch.Tensor] = {"ce": ce.detach()}
         if self.hardware == "boltzmann":

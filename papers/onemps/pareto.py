@@ -68,13 +68,14 @@ def candidate_record(model: nn.Module, costs: HardwareCosts, child: Child) -> di
 
 
 def one_shot_front(model: nn.Module, costs: HardwareCosts, etas: list[float], train_loader: Iterable,
-                   val_loader: Iterable, bn_images: int, device: torch.device, max_eval_batches: int = 0
-                   ) -> tuple[list[dict], list[dict]]:
+                   val_loader: Iterable, bn_images: int, device: torch.device, max_eval_batches: int = 0,
+                   dedupe: bool = True) -> tuple[list[dict], list[dict]]:
     """``(candidates, front)``: one record per eta (children met earlier point to them with
-    ``same_as_eta``) and the non-dominated distinct children (lower BOPs, higher top-1)."""
+    ``same_as_eta``) and the non-dominated distinct children (lower BOPs, higher top-1). ``dedupe=False``
+    evaluates every eta's child even when an earlier eta gave the same one (a timing upper bound)."""
     found = children(model, costs, etas)
     evaluated: dict[tuple, dict] = {}
-    for child in unique_children(found):
+    for child in (unique_children(found) if dedupe else found):
         record = candidate_record(model, costs, child)
         record.update(evaluate_child(model, child.choice, train_loader, val_loader, bn_images, device,
                                      max_eval_batches))

@@ -100,13 +100,14 @@ def step_times(model_name: str = "resnet18", batch: int = 32, image_size: int = 
 
 
 def _front_config(epochs: int, points: int, cap: int, extra: list[str]) -> OneMpsConfig:
-    return load_onemps_config(None, [
-        "model.name=digits_resnet", "model.kwargs={widths: [8, 16, 32], blocks: 1}", "data.name=digits",
-        "data.image_size=16", "data.batch_size=64", "data.workers=0", "quant.w_candidates=[2, 3, 4]",
-        "quant.a_candidates=[2, 3, 4]", "quant.first=float", "quant.last=float", "search.optim.lr=0.05",
-        "search.arch_optim.lr=0.01", f"search.schedule.epochs={epochs}", f"search.max_steps_per_epoch={cap}",
-        f"pareto.points={points}", "pareto.bn_images=256", "run.device=cpu", "run.log_every=1000000000",
-        *extra])
+    """The digits config (its penalty range, warm-up share, learning rates, sweep) with the EdMIPS
+    request's candidates and first / last layers, ``epochs`` epochs."""
+    from papers.onemps import PAPER
+
+    return PAPER.load_config("digits", [
+        "quant.w_candidates=[2, 3, 4]", "quant.a_candidates=[2, 3, 4]", "quant.first=float",
+        "quant.last=float", f"search.schedule.epochs={epochs}", f"search.arch_warmup_epochs={epochs // 5}",
+        f"search.max_steps_per_epoch={cap}", f"pareto.points={points}", "run.log_every=1000000000", *extra])
 
 
 def front_times(epochs: int = 3, points: int = 10, cap: int = 0, extra: list[str] | None = None) -> dict:
@@ -140,8 +141,11 @@ def front_times(epochs: int = 3, points: int = 10, cap: int = 0, extra: list[str
     etas = sweep_etas(cfg.search.eta0, cfg.search.eta1, points, cfg.pareto.spacing)
     candidates, front = one_shot_front(model, costs, etas, data.train, data.val, cfg.pareto.bn_images,
                                        info.device)
-    out["onemps"] = {"train_s": t_train, "sweep_s": time.perf_counter() - t0 - t_train,
-                     "total_s": time.perf_counter() - t0, "front_points": len(front),
+    t_sweep = time.perf_counter() - t0 - t_train
+    t1 = time.perf_counter()
+    one_shot_front(model, costs, etas, data.train, data.val, cfg.pareto.bn_images, info.device, dedupe=False)
+    out["onemps"] = {"train_s": t_train, "sweep_s": t_sweep, "total_s": t_train + t_sweep,
+                     "sweep_every_point_s": time.perf_counter() - t1, "front_points": len(front),
                      "distinct_children": len({c.get("same_as_eta", c["eta"]) for c in candidates})}
     try:
         edmips = next(m for m in get_paper("edmips").load_methods() if m.name == "edmips")
@@ -160,7 +164,9 @@ def front_times(epochs: int = 3, points: int = 10, cap: int = 0, extra: list[str
     edmips.search(request)
     t_edmips = time.perf_counter() - t0
     out["edmips"] = {"one_search_s": t_edmips, "front_s": points * t_edmips}
+    every = t_train + out["onemps"]["sweep_every_point_s"]
     out["ratios"] = {"onemps_front/one_edmips_search": out["onemps"]["total_s"] / t_edmips,
+                     "onemps_front_every_point/one_edmips_search": every / t_edmips,
                      "onemps_front/edmips_front": out["onemps"]["total_s"] / (points * t_edmips)}
     return out
 
@@ -176,20 +182,23 @@ def perf_group(smoke: bool = False) -> list[dict]:
             rows.append({"name": name,
                          "value": times[v], "unit": "s", "baseline": f"{mode} step uniform LSQ W4A4",
                          "baseline_value": times["uniform"], "ratio": times[v] / times["uniform"]})
-    front = front_times(epochs=1 if smoke else 3, points=10, cap=2 if smoke else 0)
-    o = front["onemps"]
-    label = f"onemps front: 1 supernet ({front['epochs']} ep) + sweep of {front['points']} eta (digits)"
-    if "one_search_s" not in front["edmips"]:
-        rows.append({"name": label + f"; EdMIPS {front['edmips']['unavailable']}", "value": o["total_s"],
-                     "unit": "s"})
+    front = front_times(epochs=1 if smoke else 10, points=10, cap=2 if smoke else 0)
+    o, e = front["onemps"], front["edmips"]
+    label = (f"onemps front: 1 supernet ({front['epochs']} ep) + sweep of {front['points']} eta, "
+             f"{o['distinct_children']} distinct children (digits)")
+    if "one_search_s" not in e:
+        rows.append({"name": f"{label}; EdMIPS {e['unavailable']}", "value": o["total_s"], "unit": "s"})
         return rows
-    e = front["edmips"]
-    rows.append({"name": label, "value": o["total_s"], "unit": "s",
-                 "baseline": f"ONE EdMIPS search ({front['epochs']} ep)", "baseline_value": e["one_search_s"],
-                 "ratio": o["total_s"] / e["one_search_s"]})
-    rows.append({"name": label + " vs EdMIPS front", "value": o["total_s"], "unit": "s",
-                 "baseline": f"{front['points']} EdMIPS searches", "baseline_value": e["front_s"],
-                 "ratio": o["total_s"] / e["front_s"]})
+    one = f"ONE EdMIPS search ({front['epochs']} ep)"
+    every = o["train_s"] + o["sweep_every_point_s"]
+    rows += [{"name": label, "value": o["total_s"], "unit": "s", "baseline": one,
+              "baseline_value": e["one_search_s"], "ratio": o["total_s"] / e["one_search_s"]},
+             {"name": f"onemps front, each of the {front['points']} children evaluated", "value": every,
+              "unit": "s", "baseline": one, "baseline_value": e["one_search_s"],
+              "ratio": every / e["one_search_s"]},
+             {"name": label, "value": o["total_s"], "unit": "s",
+              "baseline": f"{front['points']} EdMIPS searches (one per point)",
+              "baseline_value": e["front_s"], "ratio": o["total_s"] / e["front_s"]}]
     return rows
 
 

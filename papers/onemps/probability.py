@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.nn import gumbel_softmax
 
 GATE_MODES = ("gumbel_hard", "gumbel_soft", "softmax")
 ETA_DISTRIBUTIONS = ("uniform", "log_uniform", "fixed")
@@ -79,6 +80,24 @@ def sweep_etas(eta0: float, eta1: float, points: int, spacing: str = "linear") -
             for i in range(points)]
 
 
+def sample_gates(logits: torch.Tensor, mode: str, tau: float) -> torch.Tensor:
+    """Training-time gates over the options (last dim of ``logits``): ``softmax`` (pi itself, the EdMIPS
+    proxy), or a Gumbel-softmax sample (``core.nn.gumbel_softmax``), relaxed (``gumbel_soft``) or
+    straight-through one-hot (``gumbel_hard``)."""
+    if mode == "softmax":
+        return logits.softmax(-1)
+    return gumbel_softmax(logits, tau=tau, hard=mode == "gumbel_hard", dim=-1)
+
+
+def group_by_shape(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[list[int]]:
+    """Indices of the layers whose (weight, activation) vectors have equal sizes, group by group (one
+    group when every layer has the same candidates): their math runs batched, one op per group."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, (w, a) in enumerate(pairs):
+        groups.setdefault((w.shape[-1], a.shape[-1]), []).append(k)
+    return list(groups.values())
+
+
 class _Dense(nn.Module):
     """``x @ weight.T + bias`` with plain parameters (architecture parameters of the supernet)."""
 
@@ -116,6 +135,7 @@ class ProbabilityModel(nn.Module):
         self.mode = "gumbel_soft"
         self.tau = 1.0
         self._step: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._gates: list | None = None
 
     @property
     def num_logits(self) -> int:
@@ -149,14 +169,28 @@ class ProbabilityModel(nn.Module):
             self.tau = float(tau)
 
     def begin_step(self, eta: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Compute ``f_theta(eta)`` once for a training step; the layers gate from these logits until
-        :meth:`end_step` (one MLP evaluation per step, its graph shared by the layers and the loss)."""
+        """Compute ``f_theta(eta)`` once for a training step and sample every layer's gates from it (one
+        Gumbel-softmax call per group of equally sized layers, one device-to-host copy of the chosen
+        options); the layers use them until :meth:`end_step`. Returns the logits (their graph is shared
+        by the gates and the loss)."""
         self.eta = float(eta)
         self._step = self.logits(eta)
+        gates: list = [None] * len(self._step)
+        for group in group_by_shape(self._step):
+            for role in (0, 1):
+                z = sample_gates(torch.stack([self._step[k][role] for k in group]), self.mode, self.tau)
+                for row, k in enumerate(group):
+                    gates[k] = (*(gates[k] or ()), z[row])
+        chosen = torch.stack([torch.stack([zw.detach().argmax(), za.detach().argmax()]) for zw, za in gates])
+        self._gates = [(g, tuple(c)) for g, c in zip(gates, chosen.tolist())]
         return self._step
 
     def end_step(self) -> None:
-        self._step = None
+        self._step = self._gates = None
+
+    def step_gates(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int]] | None:
+        """Layer ``index``'s sampled gates and chosen options in the current training step (None outside)."""
+        return self._gates[index] if self._gates is not None else None
 
     def layer_logits(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``index``'s logits for the current step, or at ``self.eta`` outside a step."""

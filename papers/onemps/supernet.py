@@ -38,13 +38,12 @@ from core.nn import (
     KindContext,
     QuantSpec,
     following_batchnorms,
-    gumbel_softmax,
     register_layer_kind,
     replace_module,
 )
 from core.nn.qlayers import build_quantizer, copy_float_params
 from core.quant import FULL_PRECISION, LSQQuantizer, kernel
-from papers.onemps.probability import ProbabilityModel, build_probability_model
+from papers.onemps.probability import ProbabilityModel, build_probability_model, sample_gates
 
 KIND = "onemps"
 CONDITIONAL_BN = ("weight", "activation", "pair", "none")
@@ -114,15 +113,6 @@ def quantized_dot(quantizer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> 
             qn, qp = quantizer.qrange(quantizer.bits)
             return kernel(_lsq_value_dot)(grad, x, quantizer.step_for(quantizer.bits), qn, qp)
     return torch.dot(grad, quantizer(x).reshape(-1))
-
-
-def sample_gates(logits: torch.Tensor, mode: str, tau: float) -> torch.Tensor:
-    """Training-time gates over one layer's options: ``softmax`` (pi itself, the EdMIPS proxy), or a
-    Gumbel-softmax sample (``core.nn.gumbel_softmax``), relaxed (``gumbel_soft``) or straight-through
-    one-hot (``gumbel_hard``)."""
-    if mode == "softmax":
-        return logits.softmax(0)
-    return gumbel_softmax(logits, tau=tau, hard=mode == "gumbel_hard", dim=0)
 
 
 class _SupernetMixin:
@@ -197,6 +187,11 @@ class _SupernetMixin:
         """``(z^w, z^x, i, j)``: gates (None: run option i / j alone) and the options run (or argmax)."""
         if self.pinned is not None:
             return None, None, *self.pinned
+        step = self.bit_model.step_gates(self.index) if self.training and self.bit_model is not None else None
+        if step is not None:  # a training step: the gates ProbabilityModel.begin_step sampled
+            (zw, za), (i, j) = step
+            self.last_gates = (zw, za)
+            return zw, za, i, j
         lw, la = self.logits()
         if not self.training:
             return None, None, int(lw.argmax()), int(la.argmax())
