@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.io import atomic_path
+from core.io import atomic_path, read_json
 
 CURVE_FILE = "arch_curve.json"
 
@@ -33,15 +32,6 @@ def _save(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     return path
-
-
-def read_json(path: Path, what: str, fix: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: {fix}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a valid {what} ({exc}); {fix}") from exc
 
 
 def plot_bits_vs_eta(curve: dict, path: Path) -> Path:
@@ -95,12 +85,13 @@ def plot_run(cfg: Any) -> list[Path]:
 
     paths = run_paths(cfg)
     out = []
-    curve = read_json(paths["supernet"] / CURVE_FILE, "architecture curve", "run `mpq onemps train` first")
+    curve = read_json(paths["supernet"] / CURVE_FILE, "architecture curve", "run `mpq onemps train` first",
+                      ConfigError)
     out.append(plot_bits_vs_eta(curve, paths["root"] / "plots" / "bits_vs_eta.png"))
     cand_file = paths["pareto"] / "candidates.json"
     if cand_file.is_file():
         fix = "re-run `mpq onemps pareto RUN_DIR`"
-        cands = read_json(cand_file, "candidate list", fix)
-        front = read_json(paths["pareto"] / "front.json", "Pareto front", fix)
+        cands = read_json(cand_file, "candidate list", fix, ConfigError)
+        front = read_json(paths["pareto"] / "front.json", "Pareto front", fix, ConfigError)
         out.append(plot_pareto(cands["candidates"], front["front"], paths["root"] / "plots" / "pareto.png"))
     return out
