@@ -109,7 +109,9 @@ def quantized_dot(quantizer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> 
     ``run.compile`` fuses it); any other quantizer is simply called."""
     if isinstance(quantizer, LSQQuantizer) and not quantizer.per_channel and quantizer.bits < FULL_PRECISION:
         slot = quantizer.candidate_bits.index(quantizer.bits) if quantizer.candidate_bits else 0
-        if bool(quantizer.initialized[slot]):
+        # LSQ's own record of the steps it has used is checked first: reading the buffer is a
+        # device-to-host copy, which would stall a GPU twice per layer and step
+        if slot in getattr(quantizer, "_ready", ()) or bool(quantizer.initialized[slot]):
             qn, qp = quantizer.qrange(quantizer.bits)
             return kernel(_lsq_value_dot)(grad, x, quantizer.step_for(quantizer.bits), qn, qp)
     return torch.dot(grad, quantizer(x).reshape(-1))
