@@ -19,7 +19,8 @@ EdMIPS's adapter: over budget -> eta x ``growth``, within -> eta / ``growth``, t
 after ``max_searches`` the feasible policy with the most BOPs (none feasible: every layer at its lowest bits).
 
 ``request.options`` (all optional): ``eta0`` (0.001), ``eta1`` (1), ``entropy_weight`` (1e-3),
-``kernel_weight`` (1e-2), ``lr`` (0.1, the shared recipe's), ``arch_lr`` (0.01), ``arch_warmup_epochs`` (0),
+``kernel_weight`` (1e-2), ``lr`` (0.1, the shared recipe's), ``grad_clip`` (1.0, global norm),
+``arch_lr`` (0.01), ``arch_warmup_epochs`` (0),
 ``max_steps_per_epoch`` (0), ``cache_dir`` (onemps), ``eta`` (initial eta: 0.03 VIMPS, beta 0.05 DNAS),
 ``growth`` (4), ``max_searches`` (4). Every search's ``meta["diagnostics"]`` holds, per layer, the max
 probability and entropy of pi (weights, activations) at the end and the expected BOPs at the start and end.
@@ -53,7 +54,7 @@ from papers.onemps.supernet import choice_bits, most_probable, probability_model
 from papers.onemps.train import diagnostics, fit_supernet
 
 COMMON = {"eta0": 0.001, "eta1": 1.0, "entropy_weight": 1e-3, "kernel_weight": 1e-2, "lr": 0.1,
-          "arch_lr": 0.01, "arch_warmup_epochs": 0, "max_steps_per_epoch": 0}
+          "grad_clip": 1.0, "arch_lr": 0.01, "arch_warmup_epochs": 0, "max_steps_per_epoch": 0}
 DEFAULTS = {"onemps": {**COMMON, "cache_dir": None},
             "vimps": {**COMMON, "eta": 0.03, "growth": 4.0, "max_searches": 4},
             "dnas": {**COMMON, "eta": 0.05, "growth": 4.0, "max_searches": 4}}
@@ -73,6 +74,7 @@ def request_config(request: SearchRequest, preset: str, opts: dict, eta: float |
     overrides = [f"quant.w_candidates={list(request.w_candidates)}",
                  f"quant.a_candidates={list(request.a_candidates)}", "quant.first=float", "quant.last=float",
                  f"search.schedule.epochs={max(1, int(request.epochs))}", f"search.optim.lr={opts['lr']}",
+                 f"search.optim.grad_clip={opts['grad_clip']}",
                  f"search.arch_optim.lr={opts['arch_lr']}", f"search.eta0={opts['eta0']}",
                  f"search.eta1={opts['eta1']}", f"search.entropy_weight={opts['entropy_weight']}",
                  f"search.kernel_weight={opts['kernel_weight']}",
