@@ -43,11 +43,7 @@ from core.results import run_result, write_results
 from papers.onemps.common import build_data, load_supernet_state, run_paths, setup
 from papers.onemps.config import OneMpsConfig
 from papers.onemps.supernet import ConditionalBatchNorm2d, SupernetConv2d, pin_architecture, supernet_layers
-from papers.onemps.train import StepProjection, build_for_training, supernet_identity, weight_groups
-
-
-class _ChildTrainer(StepProjection, Trainer):
-    """core's Trainer with the LSQ steps kept positive (papers.onemps.train.project_steps)."""
+from papers.onemps.train import build_for_training, supernet_identity
 
 
 def extract_child(supernet: nn.Module, choice: dict[str, tuple[int, int]]) -> nn.Module:
@@ -117,11 +113,11 @@ def train_child(cfg: OneMpsConfig, child: nn.Module, data: Any, device: torch.de
     ``finetune.bn_images`` training images, evaluate on val; returns the evaluation and the training wall
     time."""
     child.to(device)
-    optimizer = build_optimizer(optim, weight_groups(child))
+    optimizer = build_optimizer(optim, child.parameters())
     scheduler = build_scheduler(schedule, optimizer, len(data.train))
     kwargs = trainer_kwargs(cfg.run, optim)
     kwargs.update(run_dir=run_dir)
-    trainer = _ChildTrainer(child, {"weights": optimizer}, data.train, None, epochs=schedule.epochs,
+    trainer = Trainer(child, {"weights": optimizer}, data.train, None, epochs=schedule.epochs,
                       schedulers={"weights": scheduler}, device=device,
                       config=config if config is not None else cfg, **kwargs)
     trainer.fit()

@@ -34,7 +34,6 @@ from core.engine import (
     trainer_kwargs,
 )
 from core.nn import arch_parameters, weight_parameters
-from core.quant import LSQQuantizer
 from papers.onemps.common import (
     COSTS_FILE,
     LATER_STAGES,
@@ -85,36 +84,6 @@ def diagnostics(model: nn.Module, costs: HardwareCosts, eta: float) -> dict[str,
             "entropy": [[ent(pw), ent(pa)] for pw, pa in probs]}
 
 
-#: the smallest LSQ step a training step leaves (LSQ's own floor when it initialises a step)
-MIN_STEP = 1e-8
-
-
-def weight_groups(model: nn.Module) -> list[dict]:
-    """The non-architecture parameters in two groups: LSQ step sizes without weight decay (decay would
-    pull the steps, some of 8-bit options below 0.01, towards 0), everything else with the optimizer's."""
-    steps = {id(q.step): q.step for q in model.modules()
-             if isinstance(q, LSQQuantizer) and q.step.requires_grad}
-    rest = [p for p in weight_parameters(model) if id(p) not in steps]
-    return [{"params": rest}] + ([{"params": list(steps.values()), "weight_decay": 0.0}] if steps else [])
-
-
-@torch.no_grad()
-def project_steps(model: nn.Module) -> None:
-    """Keep every LSQ step >= MIN_STEP after an update (an SGD step with momentum can overshoot a small
-    8-bit step below 0, where LSQ's quantization flips and training diverges)."""
-    for q in model.modules():
-        if isinstance(q, LSQQuantizer):
-            q.step.clamp_(min=MIN_STEP)
-
-
-class StepProjection:
-    """Trainer mix-in: ``project_steps`` after every optimizer step."""
-
-    def step_optimizers(self, names: Any = None) -> None:
-        super().step_optimizers(names)
-        project_steps(self.module)
-
-
 @torch.no_grad()
 def initialise_quantizers(model: nn.Module, images: torch.Tensor) -> None:
     """Initialise every option's LSQ step (and the BN statistics of each path) from one batch: one
@@ -133,7 +102,7 @@ def initialise_quantizers(model: nn.Module, images: torch.Tensor) -> None:
         model.train(was_training)
 
 
-class SupernetTrainer(StepProjection, Trainer):
+class SupernetTrainer(Trainer):
     """:class:`core.engine.Trainer` with the OneMPS step (module docstring).
 
     ``optimizers`` must be ``{"weights": ..., "arch": ...}``; ``objective`` the configuration's loss;
@@ -220,7 +189,7 @@ def fit_supernet(cfg: OneMpsConfig, model: nn.Module, costs: HardwareCosts, trai
     s = cfg.search
     if s.init_quantizers:
         initialise_quantizers(model, move_to(next(iter(train)), device)[0])
-    optimizers = {"weights": build_optimizer(s.optim, weight_groups(model)),
+    optimizers = {"weights": build_optimizer(s.optim, weight_parameters(model)),
                   "arch": build_optimizer(s.arch_optim, arch_parameters(model))}
     schedulers = {"weights": build_scheduler(s.schedule, optimizers["weights"], len(train))}
     kwargs = trainer_kwargs(cfg.run, s.optim)
