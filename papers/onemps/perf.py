@@ -4,7 +4,9 @@
   straight-through path per layer, the full loss, weight and theta optimizers) against one step of the
   uniform LSQ network (every searchable layer W4A4) of the same network, first / last layers (W8 / W8A8),
   batch and input, both through ``core.engine.Trainer.train_step``; interleaved rounds, medians. Goal:
-  <= 1.3x. Also the all-path relaxed step (``gumbel_soft``, the DNAS configuration) for reference.
+  <= 1.3x. Also, for reference, the same step without the kernel-similarity term (``supernet_mu0``:
+  the unselected kernels then take no part in the step) and the all-path relaxed step (``gumbel_soft``,
+  the DNAS configuration).
 - **Time to a Pareto front** (:func:`front_times`): OneMPS = one supernet training (E epochs) + the sweep
   (``points`` eta, every distinct child BN-re-estimated and evaluated) against ONE EdMIPS search of E epochs
   on the same network, data, candidates and batch, reached through the benchmark method registry
@@ -34,7 +36,7 @@ from papers.onemps.common import build_supernet
 from papers.onemps.config import OneMpsConfig, load_onemps_config
 from papers.onemps.train import SupernetTrainer, objective_of
 
-STEP_VARIANTS = ("uniform", "supernet", "supernet_soft")
+STEP_VARIANTS = ("uniform", "supernet", "supernet_mu0", "supernet_soft")
 
 
 def _step_fn(model_name: str, variant: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -46,8 +48,9 @@ def _step_fn(model_name: str, variant: str, x: torch.Tensor, y: torch.Tensor) ->
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         trainer = Trainer(model, opt, batch, epochs=1, device=x.device, log_every=10**9)
     else:
-        gates = "gumbel_hard" if variant == "supernet" else "gumbel_soft"
-        cfg = load_onemps_config(None, [f"search.gates={gates}", "run.log_every=1000000000"])
+        gates = "gumbel_soft" if variant == "supernet_soft" else "gumbel_hard"
+        mu = ["search.kernel_weight=0"] if variant == "supernet_mu0" else []
+        cfg = load_onemps_config(None, [f"search.gates={gates}", "run.log_every=1000000000", *mu])
         model, costs = build_supernet(cfg, model, tuple(x.shape[1:]))
         from core.nn import arch_parameters, weight_parameters
 
@@ -177,7 +180,7 @@ def perf_group(smoke: bool = False) -> list[dict]:
     res = step_times(rounds=1 if smoke else 5, block=1 if smoke else 3, warmup=1 if smoke else 2,
                      batch=8 if smoke else 32)
     for mode, times in res["times"].items():
-        for v in ("supernet", "supernet_soft"):
+        for v in ("supernet", "supernet_mu0", "supernet_soft"):
             name = f"onemps {mode} step {v} (ResNet-18, b{res['batch']}, {res['image_size']}px)"
             rows.append({"name": name,
                          "value": times[v], "unit": "s", "baseline": f"{mode} step uniform LSQ W4A4",
