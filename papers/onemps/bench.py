@@ -42,7 +42,7 @@ from torch import nn
 from core.bops import count
 from core.data import build_loader
 from core.engine import RunDir, code_version
-from core.errors import ConfigError
+from core.errors import BudgetError, ConfigError
 from core.io import atomic_write_text
 from core.method import SearchMethod, SearchRequest
 from core.policy import BitPolicy
@@ -194,15 +194,19 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
     growth = float(opts["growth"])
     if growth <= 1:
         raise ConfigError(f"{preset}: option growth must be > 1, got {growth}")
-    costs_probe = None
     eta, low, high = float(opts["eta"]), None, None
+    _, costs = build_supernet(request_config(request, preset, opts, eta), request.build_model(),
+                              tuple(request.input_size))
+    floor = costs.bops(cheapest_choice(costs))
+    if floor > request.budget_bops:
+        raise BudgetError(f"{preset}: the budget {request.budget_bops:.4g} BOPs is below the cheapest "
+                          f"architecture of the search space ({floor:.4g} BOPs); raise the budget")
     tried, feasible = [], []
     for _ in range(int(opts["max_searches"])):
         cfg = request_config(request, preset, opts, eta)
         run_dir = Path(request.run_dir) / f"{preset}-eta{eta:.6g}"
         identity = {"preset": preset, "eta": eta, "seed": request.seed, **_fingerprint(request)}
         model, costs, _, initial = _train(request, cfg, run_dir, identity)
-        costs_probe = costs
         choice = most_probable(model, eta)
         bops = costs.bops(choice)
         ok = bops <= request.budget_bops
@@ -218,11 +222,11 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
     if feasible:
         _, eta, choice, model, initial = max(feasible, key=lambda f: f[0])
         meta = {"method": preset, "eta": eta, "fallback": False, "searches": tried,
-                "diagnostics": _diagnostics(model, initial, costs_probe, eta)}
+                "diagnostics": _diagnostics(model, initial, costs, eta)}
         return _policy(request, model, choice, meta)
     meta = {"method": preset, "eta": None, "fallback": True, "searches": tried,
-            "diagnostics": _diagnostics(model, initial, costs_probe, tried[-1]["eta"])}
-    return _policy(request, model, cheapest_choice(costs_probe), meta)
+            "diagnostics": _diagnostics(model, initial, costs, tried[-1]["eta"])}
+    return _policy(request, model, cheapest_choice(costs), meta)
 
 
 def search_vimps(request: SearchRequest) -> BitPolicy:

@@ -103,11 +103,6 @@ class HardwareCosts:
 
 
 # ---------------------------------------------------------------------------- the slide's terms
-def pair_probabilities(probs: Probs) -> list[torch.Tensor]:
-    """pi_{k,(i,j)} = pi^w_{k,i} pi^x_{k,j}, one ``(|B^w_k|, |B^x_k|)`` tensor per layer."""
-    return [torch.outer(pw, pa) for pw, pa in probs]
-
-
 def _batched(probs: Probs, h: Sequence[torch.Tensor] | None = None
              ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Per group of equally sized layers: the pair probabilities ``(G, |B^w|, |B^x|)`` and, with ``h``,

@@ -75,7 +75,8 @@ def test_onemps_answers_every_budget_from_one_supernet(tmp_path):
 
 def test_budget_below_the_search_space_and_unknown_options(tmp_path):
     bench._MEMO.clear()
-    with pytest.raises(BudgetError, match="cheapest"):
-        bench.METHOD.search(_request(tmp_path / "a" / "b" / "c", 1.5))
+    for method in (bench.METHOD, bench.VIMPS, bench.DNAS):
+        with pytest.raises(BudgetError, match="cheapest"):
+            method.search(_request(tmp_path / "a" / "b" / "c", 1.5))
     with pytest.raises(Exception, match="unknown request option"):
         bench.VIMPS.search(_request(tmp_path, 3.0, cache_dir="x"))
