@@ -93,14 +93,19 @@ class CheckReport:
 
 # ----------------------------------------------------------------------------- results.json
 def load_results(root: str | Path | None) -> list[tuple[Path, RunResult]]:
-    """Every ``results.json`` under ``root`` (recursively), validated; a malformed file raises DataError."""
+    """Every ``results.json`` under ``root`` (recursively), validated; a malformed file raises DataError.
+    Those of older runs a run directory set aside (``run.resume=none`` moves them to ``.previous/``) are
+    not results of the run that owns the directory, and are skipped."""
+    from core.engine.rundir import PREVIOUS_DIR
+
     if root is None:
         return []
     root = Path(root)
     if not root.exists():
         raise DataError(f"results directory {root} does not exist; "
                         "pass --results DIR holding results.json files")
-    paths = [root] if root.is_file() else sorted(root.rglob("results.json"))
+    paths = [root] if root.is_file() else sorted(
+        p for p in root.rglob("results.json") if PREVIOUS_DIR not in p.relative_to(root).parts)
     return [(p, load_result(p)) for p in paths]
 
 

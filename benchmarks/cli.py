@@ -51,18 +51,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_cmd_check)
 
     r = sub.add_parser("run", help="the cross-method benchmark: search, train with one recipe, report",
-                       description="--suite quick: every registered method on the embedded digits dataset "
-                                   "(CPU, minutes). --suite paper: one method on ImageNet ResNet-18 at "
-                                   "paper scale.")
+                       description="--suite quick: every registered method, the random control and the "
+                                   "uniform baselines on an embedded dataset (CPU, minutes; paired "
+                                   "statistics over seeds). --suite paper: one method on ImageNet "
+                                   "ResNet-18 at paper scale.")
     r.add_argument("--suite", choices=["quick", "paper"], default="quick")
     r.add_argument("--out", default="bench_out", help="output directory (report.md, PNGs, results)")
-    r.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
+    r.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2 3 4)")
+    r.add_argument("--dataset", default=None, choices=["digits", "mnist5k"],
+                   help="--suite quick: the embedded dataset (default: the suite's; epochs scaled to the "
+                        "same number of SGD steps)")
+    r.add_argument("--jobs", type=int, default=None,
+                   help="worker processes, one torch thread each (default: one per CPU core, at most 8; "
+                        "1 on an accelerator or with --micro); results do not depend on it")
     r.add_argument("--methods", nargs="+", default=None,
                    help="method names to run (default: every method of every registered paper)")
     r.add_argument("--micro", action="store_true", help="a seconds-long setting (tests, smoke runs)")
     r.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     r.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 for --suite quick, torch's choice otherwise)")
+                   help="torch CPU threads of the main process with --jobs 1 (default: 1 for --suite quick, "
+                        "torch's choice otherwise)")
     r.add_argument("--method", default=None, help="--suite paper: the method (a registered method name)")
     r.add_argument("--data-root", default=None, help="--suite paper: dataset root (e.g. ImageNet)")
     r.set_defaults(func=_cmd_run)

@@ -205,8 +205,10 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------- YAML reading
-def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML mapping, resolving ``_base_`` (str or list, relative to the file) recursively."""
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = (), defaults: dict | None = None) -> dict:
+    """Read a YAML mapping, resolving ``_base_`` (str or list, relative to the file) recursively.
+    ``defaults`` go over the ``_base_`` files and under the file's own keys (e.g. a ``run.out_dir``
+    named after this file, which a base's own ``run.out_dir`` must not replace)."""
     path = Path(path).expanduser().resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
@@ -226,7 +228,7 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: the top level of a config must be a mapping, got {type(data).__name__}")
     bases = data.pop(BASE_KEY, None)
     if bases is None:
-        return data
+        return _deep_merge(defaults or {}, data)
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -234,7 +236,7 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     merged: dict = {}
     for base in bases:
         merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path)))
-    return _deep_merge(merged, data)
+    return _deep_merge(_deep_merge(merged, defaults or {}), data)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -272,9 +274,10 @@ def parse_overrides(overrides: list[str] | None) -> dict:
 
 # --------------------------------------------------------------------------- typed construction
 def load_config(schema_cls: type, path: str | os.PathLike | None = None,
-                overrides: list[str] | None = None) -> Any:
-    """Read ``path`` (optional), apply ``overrides`` and build a validated ``schema_cls`` instance."""
-    data = read_yaml(path) if path else {}
+                overrides: list[str] | None = None, defaults: dict | None = None) -> Any:
+    """Read ``path`` (optional), apply ``overrides`` and build a validated ``schema_cls`` instance;
+    ``defaults`` (with a ``path``) replace values of its ``_base_`` files, not its own (:func:`read_yaml`)."""
+    data = read_yaml(path, defaults=defaults) if path else {}
     data = _deep_merge(data, parse_overrides(overrides))
     return build_config(schema_cls, data)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -135,10 +135,19 @@ class Paper:
                           f"packaged: {known}")
 
     def load_config(self, name: str | None, overrides: list[str] | None = None) -> Any:
-        """The validated config of ``-c name`` (None: the schema's defaults) plus ``key=value`` overrides."""
+        """The validated config of ``-c name`` (None: the schema's defaults) plus ``key=value`` overrides.
+
+        ``run.out_dir`` defaults to ``runs/<paper>/<config name>`` (the packaged name, or the YAML file's
+        stem), so two configs never share a run directory; the file itself (not a ``_base_`` it
+        inherits) or an override may set another. Without ``-c`` the schema's default applies."""
         from core.config import load_config
 
-        return load_config(self.schema(), self.config_path(name) if name else None, overrides)
+        schema = self.schema()
+        path = self.config_path(name) if name else None
+        defaults = None
+        if path is not None and "run" in {f.name for f in fields(schema)}:
+            defaults = {"run": {"out_dir": f"runs/{self.name}/{path.stem}"}}
+        return load_config(schema, path, overrides, defaults=defaults)
 
     def check(self) -> dict[str, Any]:
         """Resolve every part and validate every packaged config (what ``mpq papers`` prints):

@@ -60,17 +60,22 @@ def _volatile(key: str) -> bool:
     return any(key == p or key.endswith("." + p) for p in NON_IDENTITY_KEYS)
 
 
-def config_identity(config: Any, sections: Iterable[str] | None = None, exclude: Iterable[str] = ()
-                    ) -> dict[str, Any]:
+def config_identity(config: Any, sections: Iterable[str] | None = None, exclude: Iterable[str] = (),
+                    policy: Any = None) -> dict[str, Any]:
     """The identity of ``config`` (a config dataclass or mapping): ``{dotted key: value}`` without
     :data:`NON_IDENTITY_KEYS`; restricted to the top-level ``sections`` when given, minus the keys or
-    sections in ``exclude`` (e.g. ``["train", "discretize"]`` for a search stage). Values are JSON types
+    sections in ``exclude`` (e.g. ``["train", "discretize"]`` for a search stage). ``policy``: the
+    :class:`core.policy.BitPolicy` a stage trains (its input, like the data), added as one key per layer,
+    ``policy.<layer>: [w_bits, a_bits]``, so a run resumes only on the same bits. Values are JSON types
     (tuples become lists), so an identity compares equal to its own copy read back from ``run.json``."""
     flat = _flatten(json.loads(json.dumps(config_to_dict(config), default=str)))
     keep = list(sections) if sections is not None else None
     exclude = list(exclude)
-    return {k: v for k, v in flat.items()
-            if not _volatile(k) and not _under(k, exclude) and (keep is None or _under(k, keep))}
+    out = {k: v for k, v in flat.items()
+           if not _volatile(k) and not _under(k, exclude) and (keep is None or _under(k, keep))}
+    if policy is not None:
+        out.update({f"policy.{name}": [int(w), int(a)] for name, (w, a) in policy.items()})
+    return out
 
 
 def identity_diff(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -6,7 +6,10 @@ Each stage takes ``-c CONFIG`` (a YAML path, or the name of a packaged config su
     mpq edmips search -c digits search.eta=0.02 run.out_dir=runs/edmips/digits
     torchrun --nproc_per_node 8 -m core.cli edmips search -c resnet18_imagenet data.root=/data/imagenet
 
-Stages resume from their last checkpoint with ``run.resume=auto`` (the default).
+Each stage writes its own run directory under ``run.out_dir`` (default ``runs/edmips/<config name>``):
+``search/``, ``discretize/`` (``policy.json``), ``train/`` (``results.json``). A stage resumes its last
+checkpoint only when the config is the same as far as that stage reads it (``run.resume=auto``, the
+default); otherwise it stops naming the differing keys (``run.resume=none`` starts the stage afresh).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def smoke(out_dir: Path) -> Path:
     run_search(cfg)
     run_discretize(cfg)
     run_train(cfg)
-    return Path(cfg.run.out_dir) / "results.json"
+    return Path(cfg.run.out_dir) / "train" / "results.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,9 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = group.add_subparsers(metavar="STAGE")
     stages = (("search", _search, "train the relaxed search model (section 4) -> RUN_DIR/search/"),
-              ("discretize", _discretize, "derive the bit policy (section 4.7) -> RUN_DIR/policy.json"),
+              ("discretize", _discretize, "derive the bit policy (section 4.7) -> RUN_DIR/discretize/"),
               ("train", _train, "train the discretised / uniform network from scratch (section 5.1) "
-                                "-> RUN_DIR/results.json"),
+                                "-> RUN_DIR/train/results.json"),
               ("run", _run, "search, discretize and train in one go"))
     for name, func, text in stages:
         PAPER.add_config_arguments(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)

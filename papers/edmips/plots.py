@@ -4,7 +4,7 @@
   the probability pi of each candidate bit-width (eq. 11) per search epoch, read from
   ``search/arch_history.json``;
 - ``bit_allocation.png`` (Figure 6): the discretised weight and activation bits of every layer, read from
-  ``policy.json``, with each layer's share of the MACs (the cost the bits multiply).
+  ``discretize/policy.json``, with each layer's share of the MACs (the cost the bits multiply).
 
 ``mpq edmips plot RUN_DIR`` regenerates both from the run directory alone.
 """
@@ -103,11 +103,11 @@ def plot_bit_allocation(layers: list[dict], out_path: str | os.PathLike,
 
 
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Accept the run root or its ``search``/``train`` sub-directory."""
+    """Accept the run root or its ``search``/``discretize``/``train`` sub-directory."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
-    if run_dir.name in ("search", "train") and not (run_dir / "search").is_dir():
+    if run_dir.name in ("search", "discretize", "train") and not (run_dir / "search").is_dir():
         run_dir = run_dir.parent
     return run_dir
 
@@ -120,7 +120,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     history_path = run_dir / "search" / HISTORY_FILE
     if history_path.is_file():
         written += plot_arch_evolution(load_history(history_path), out)
-    policy_path = run_dir / "policy.json"
+    policy_path = run_dir / "discretize" / "policy.json"
     if policy_path.is_file():
         data = json.loads(policy_path.read_text())
         meta = data.get("meta", {})
@@ -130,5 +130,5 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
                                            macs=meta.get("layer_macs"), title=title))
     if not written:
         raise ConfigError(f"nothing to plot in {run_dir}: expected search/{HISTORY_FILE} (from `mpq edmips "
-                          "search`) or policy.json (from `mpq edmips discretize`)")
+                          "search`) or discretize/policy.json (from `mpq edmips discretize`)")
     return written

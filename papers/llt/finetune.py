@@ -21,6 +21,8 @@ import torch.nn as nn
 
 from core.bops import count
 from core.engine import (
+    DistInfo,
+    RunDir,
     Trainer,
     barrier,
     build_model_from_config,
@@ -41,7 +43,7 @@ from core.export.spec import ExportSpec, save_weights, write_export_spec
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
 from core.results import RunResult, run_result, write_results
-from papers.llt.config import LLTConfig
+from papers.llt.config import LLTConfig, stage_identity
 from papers.llt.search import search_from_config
 
 
@@ -70,7 +72,7 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
     """Copy the stage-1 network into the (quantized, not yet trained) fine-tuning ``model``: conv/linear
     weights and biases, and for each switchable BN the BatchNorm of its layer's searched weight bits.
     LSQ steps are not copied (they are initialised from the data at the new bits)."""
-    from core.engine import Checkpointer
+    from core.engine import Checkpointer, check_producer
     from core.nn import SwitchableBatchNorm2d, apply_bits
     from papers.llt.onetime import build_indicator_model
 
@@ -78,6 +80,8 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
     if ckpt is None:
         raise CheckpointError(f"finetune.init=indicators: no checkpoint under {cfg.indicators_path.parent}; "
                               "run `mpq llt indicators` with this config first")
+    check_producer(cfg.indicators_path.parent, stage_identity(cfg, "indicators"),
+                   what="LLT indicator network", fix="Re-run `mpq llt indicators` with this config.")
     source = build_model_from_config(cfg.model, cfg.data.name)
     build_indicator_model(source, cfg.bits)
     source.load_state_dict(load_checkpoint(ckpt)["model"])
@@ -97,30 +101,41 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
 
 
 def run_finetune(cfg: LLTConfig) -> RunResult:
-    """Search (unless ``finetune.policy`` is given), fine-tune, re-estimate BN, evaluate, and write
-    ``<run.out_dir>/finetune/results.json``; returns its record."""
-    t_start = time.perf_counter()
+    """Search (unless ``finetune.policy`` is given) and check that the policy fits the model; then, holding
+    ``<run.out_dir>/finetune`` (resumed only by the same run: :func:`papers.llt.config.stage_identity`,
+    the policy's bits included), write its ``policy.json``, fine-tune, re-estimate BN, evaluate, and write
+    its ``results.json``; returns that record."""
     stage = cfg.finetune
     info = setup_process(cfg.run)
     t0 = time.perf_counter()
     policy = BitPolicy.load(stage.policy) if stage.policy else search_from_config(cfg)
     t_search = time.perf_counter() - t0
     model = build_model_from_config(cfg.model, cfg.data.name)
-    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer)
+    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer)  # validates the policy
+    identity = stage_identity(cfg, "finetune", policy)
+    with RunDir(cfg.finetune_dir) as run:  # held until results.json and final.pt are written
+        run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
+        return _finetune(cfg, info, run, identity, policy, model, names, t_search)
+
+
+def _finetune(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict, policy: BitPolicy,
+              model: nn.Module, names: list[str], t_search: float) -> RunResult:
+    stage = cfg.finetune
     if stage.init == "indicators":
         log(f"fine-tuning starts from the indicator network {init_from_indicator_run(model, cfg, policy)}")
     data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "finetune.batch_size")
     train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model.parameters())
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
-    out_dir = Path(cfg.run.out_dir) / "finetune"
+    out_dir = run.path
+    run.start(cfg)  # validated: the run's records, then the policy it trains
+    if is_main():
+        policy.save(out_dir / "policy.json")
     kw = trainer_kwargs(cfg.run, stage.optim)
-    kw["run_dir"] = out_dir
+    kw["run_dir"] = run
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=stage.schedule.epochs,
-                      schedulers=scheduler, device=info.device, config=cfg, **kw)
-    t0 = time.perf_counter()
+                      schedulers=scheduler, device=info.device, config=cfg, identity=identity, **kw)
     last = trainer.fit()
-    t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     used = reestimate_bn_statistics(trainer.model, train_loader, stage.bn_calibration_images, info.device)
     t_bn = time.perf_counter() - t0
@@ -133,8 +148,7 @@ def run_finetune(cfg: LLTConfig) -> RunResult:
         metrics["top1_before_bn_reestimation"] = last["val_top1"]
     result = run_result(
         cfg, info, paper="llt", method="llt", report=report, policy=policy, metrics=metrics,
-        wall_time_s={"search": t_search, "train": t_train, "bn_reestimation": t_bn, "eval": t_eval,
-                     "total": time.perf_counter() - t_start},
+        wall_time_s=_wall_times(policy, t_search, trainer.wall_time_s, t_bn, t_eval),
         extra={"searchable_layers": len(names), "fp_size_mb": report.size_mb(32),
                "compression_ratio": report.compression_ratio,
                "bn_calibration_images": used * info.world_size, "epochs": stage.schedule.epochs,
@@ -153,3 +167,17 @@ def run_finetune(cfg: LLTConfig) -> RunResult:
             meta={"paper": "llt", "table_row": cfg.table_row}))
     barrier()
     return result
+
+
+def _wall_times(policy: BitPolicy, search: float, train: float, bn: float, evaluation: float
+                ) -> dict[str, float]:
+    """Seconds per stage: the indicator training (from its run's record, accumulated over its resumes,
+    when the policy was searched from trained indicators), the ILP, the fine-tuning (accumulated over
+    resumes), BN re-estimation and the final evaluation; ``total`` is their sum."""
+    times = {}
+    record = policy.meta.get("indicators_run")
+    progress = record.get("progress") if isinstance(record, dict) else None
+    if isinstance(progress, dict) and progress.get("wall_time_s") is not None:
+        times["indicators"] = float(progress["wall_time_s"])
+    times.update(search=search, train=train, bn_reestimation=bn, eval=evaluation)
+    return {**times, "total": sum(times.values())}

@@ -46,7 +46,7 @@ class ImportanceIndicators:
 
     # ------------------------------------------------------------------ checks and views
     def validate(self) -> None:
-        """Raise :class:`PolicyError` unless every layer has a finite value for every bit."""
+        """Raise :class:`PolicyError` unless every layer has a finite, positive step for every bit."""
         if not self.bits or len(set(self.bits)) != len(self.bits):
             raise PolicyError(f"indicators: 'bits' must be a non-empty list of distinct ints, "
                               f"got {self.bits}")
@@ -65,10 +65,10 @@ class ImportanceIndicators:
                 if absent:
                     raise PolicyError(f"indicators: '{kind}' of layer {name!r} lacks bit(s) {absent} "
                                       f"(file bits: {self.bits})")
-                bad = [b for b in self.bits if not math.isfinite(row[b])]
+                bad = {b: row[b] for b in self.bits if not (math.isfinite(row[b]) and row[b] > 0)}
                 if bad:
-                    raise PolicyError(f"indicators: '{kind}' of layer {name!r} has a non-finite step for "
-                                      f"bit(s) {bad}")
+                    raise PolicyError(f"indicators: '{kind}' of layer {name!r} has step(s) {bad} (bit: "
+                                      "step); a learned LSQ step is a finite number > 0")
 
     def table(self, kind: str, bits: list[int] | None = None) -> np.ndarray:
         """``(layers, bits)`` float64 array of the ``weight`` or ``act`` indicators (columns: ``bits``)."""

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from core.engine import (
+    DistInfo,
+    RunDir,
     Trainer,
     barrier,
     build_model_from_config,
@@ -33,7 +35,7 @@ from core.engine import (
 from core.engine.trainer import accuracy
 from core.errors import ConfigError
 from core.nn import QuantSpec, apply_bits, bit_context, quantize_model, set_bits
-from papers.llt.config import LLTConfig
+from papers.llt.config import LLTConfig, stage_identity
 from papers.llt.indicators import extract_indicators
 
 
@@ -116,28 +118,35 @@ class ImportanceTrainer(Trainer):
 
 
 def run_indicators(cfg: LLTConfig) -> Path:
-    """Train the indicators (resumable with ``run.resume=auto``, runnable under torchrun) and write
-    ``<run.out_dir>/indicators/indicators.json``; returns its path."""
+    """Train the indicators (resumable with ``run.resume=auto`` by the same run: the config without
+    ``search`` and ``finetune``; runnable under torchrun) and write
+    ``<run.out_dir>/indicators/indicators.json`` while holding that run directory; returns its path."""
     bad = [b for b in cfg.bits if not 2 <= b <= 8]
     if bad or len(set(cfg.bits)) != len(cfg.bits):
         raise ConfigError(f"bits must be distinct values in 2..8, got {cfg.bits}")
     if cfg.indicators.file:
         raise ConfigError(f"indicators.file={cfg.indicators.file} is set: this config uses existing "
                           "indicators; unset it (indicators.file=null) to train them")
-    stage = cfg.indicators
     info = setup_process(cfg.run)
+    identity = stage_identity(cfg, "indicators")
+    with RunDir(cfg.indicators_path.parent) as run:  # held until indicators.json is written
+        run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
+        return _train_indicators(cfg, info, run, identity)
+
+
+def _train_indicators(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict) -> Path:
+    stage = cfg.indicators
     model = build_model_from_config(cfg.model, cfg.data.name)
     names = build_indicator_model(model, cfg.bits)
     data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "indicators.batch_size")
     train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model.parameters())
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
-    out_dir = cfg.indicators_path.parent
     kw = trainer_kwargs(cfg.run, stage.optim)
-    kw["run_dir"] = out_dir
+    kw["run_dir"] = run
     trainer = ImportanceTrainer(
         model, optimizer, train_loader, None, epochs=stage.schedule.epochs, schedulers=scheduler,
-        device=info.device, config=cfg, bits=cfg.bits, layer_names=names,
+        device=info.device, config=cfg, identity=identity, bits=cfg.bits, layer_names=names,
         random_policies=stage.random_policies, random_policy=stage.random_policy,
         drop_zero_grads=stage.drop_zero_grads, seed=cfg.run.seed, eval_bits=stage.eval_bits,
         bit_val_loader=val_loader if stage.eval_bits != [] else None, **kw)

@@ -7,7 +7,6 @@ architecture (no training run, no data).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch.nn as nn
@@ -99,17 +98,26 @@ def _budget_label(settings: SearchSettings, bitops_budget: float | None) -> str:
 
 def search_from_config(cfg: LLTConfig) -> BitPolicy:
     """Stage 2 of a config run: the ILP on ``cfg.indicators_path`` for ``cfg.model`` at the data's input
-    size; the policy is written to ``<run.out_dir>/policy.json`` (by rank 0) and returned."""
-    from core.engine import build_model_from_config, input_size_of, is_main
+    size; returns the policy (the fine-tuning writes it once it holds its run directory). Indicators
+    trained by ``mpq llt indicators`` must be this config's (their ``run.json``: differing keys are an
+    error naming them, a run that stopped early a warning); their record goes into the policy's meta
+    (``indicators_run``). An ``indicators.file`` is used as it is."""
+    from core.engine import RunDir, build_model_from_config, check_producer, input_size_of
+    from papers.llt.config import stage_identity
 
     indicators = ImportanceIndicators.load(cfg.indicators_path)
+    record = None
+    if not cfg.indicators.file:
+        source = cfg.indicators_path.parent
+        check_producer(source, stage_identity(cfg, "indicators"), what="LLT indicators",
+                       fix="Re-run `mpq llt indicators` with this config, or name an indicators file with "
+                           "indicators.file.")
+        record = RunDir(source).producer_record()
     settings = SearchSettings(**{**vars(cfg.search)})
     settings.bits = settings.bits or list(cfg.bits)
     settings.input_size = settings.input_size or list(input_size_of(cfg.data))
     model = build_model_from_config(cfg.model, cfg.data.name)
     policy = search_policy(indicators, model, settings)
     policy.meta.update(model=cfg.model.name, dataset=cfg.data.name, indicators=str(cfg.indicators_path),
-                       table_row=cfg.table_row)
-    if is_main():
-        policy.save(Path(cfg.run.out_dir) / "policy.json")
+                       table_row=cfg.table_row, indicators_run=record)
     return policy

@@ -129,6 +129,7 @@ def test_matching_results_and_seed_average(tmp_path: Path) -> None:
     for seed, tau in enumerate((0.94, 0.98)):
         row = "onemps/kendall-tau/resnet18-one-shot"
         _write_results(tmp_path, f"s{seed}", row, tau=tau)
+    _write_results(tmp_path, "s1/.previous/20250101-000000", row, tau=0.1)  # an older run set aside
     report = run_check(tmp_path, paper="onemps")
     cell = report.tables[0].cells[0]
     assert cell.status == MATCH and abs(cell.mpq - 0.96) < 1e-9 and "mean of 2 runs" in cell.detail

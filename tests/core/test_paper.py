@@ -94,6 +94,28 @@ def test_config_names_resolve_to_packaged_configs_or_files(use_papers, tmp_path)
     assert paper.load_config(None).budget_bits == 3.0  # no -c: the schema's defaults
 
 
+def test_run_out_dir_defaults_to_the_config_name(use_papers, tmp_path):
+    use_papers(FAKE)
+    paper = get_paper("fake")
+    assert paper.load_config("tiny").run.out_dir == "runs/fake"  # the file sets it itself
+    child = tmp_path / "child.yaml"  # inherits tiny.yaml's run.out_dir, but it is another config
+    child.write_text(f"_base_: {paper.configs / 'tiny.yaml'}\nrun: {{seed: 3}}\n")
+    assert paper.load_config(str(child)).run.out_dir == "runs/fake/child"
+    assert paper.load_config(str(child)).run.seed == 3
+    assert paper.load_config(str(child), ["run.out_dir=elsewhere"]).run.out_dir == "elsewhere"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("budget_bits: 2\n")
+    assert paper.load_config(str(bare)).run.out_dir == "runs/fake/bare"
+    assert paper.load_config(None).run.out_dir == "runs/default"  # no -c: the schema's default
+
+
+@pytest.mark.parametrize("entry", discover_papers(), ids=lambda e: e.name)
+def test_packaged_configs_each_have_their_own_run_directory(entry):
+    paper = entry.paper
+    for name in paper.config_names():
+        assert paper.load_config(name).run.out_dir == f"runs/{paper.name}/{name}"
+
+
 def test_mpq_config_show_prints_the_resolved_yaml(use_papers, capsys):
     use_papers(FAKE)
     assert main(["config", "show", "fake", "-c", "tiny", "budget_bits=4", "data.batch_size=16"]) == 0

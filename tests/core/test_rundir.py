@@ -29,7 +29,9 @@ from core.engine import (
     seed_everything,
     trainer_kwargs,
 )
+from core.engine.identity import identity_diff
 from core.errors import CheckpointError, RunDirError
+from core.policy import BitPolicy
 
 
 @dataclasses.dataclass
@@ -100,6 +102,15 @@ def test_keys_that_cannot_change_results_do_not_block_a_resume(tmp_path):
     ident = config_identity(load_config(Cfg, None, ["run.out_dir=/x", "data.root=/data"]))
     assert "run.out_dir" not in ident and "data.workers" not in ident and "run.log_every" not in ident
     assert ident["data.root"] == "/data" and ident["optim.lr"] == 0.2 and ident["run.seed"] == 0
+
+
+def test_a_trained_policy_joins_the_identity_layer_by_layer():
+    cfg = load_config(Cfg, None, [])
+    ident = config_identity(cfg, policy=BitPolicy({"layer1.0.conv1": (2, 3), "fc": (4, 4)}))
+    assert ident["policy.layer1.0.conv1"] == [2, 3] and ident["policy.fc"] == [4, 4]
+    assert config_identity(ident) == ident  # stable when normalised again (Trainer, check_producer)
+    other = config_identity(cfg, policy=BitPolicy({"layer1.0.conv1": (2, 2), "fc": (4, 4)}))
+    assert identity_diff(ident, other) == [("policy.layer1.0.conv1", [2, 3], [2, 2])]
 
 
 def test_resume_none_sets_the_old_run_aside_and_never_picks_it_up(tmp_path):

@@ -43,6 +43,14 @@ def greedy_search(req: SearchRequest) -> BitPolicy:
     return BitPolicy(bits, {"source": "greedy"})
 
 
+def decided_greedy_search(req: SearchRequest) -> BitPolicy:
+    """The greedy policy with the diagnostics of a decided distribution search (converged)."""
+    policy = greedy_search(req)
+    policy.meta["diagnostics"] = {"max_prob": [[0.99, 0.99]] * len(policy),
+                                  "entropy": [[0.05, 0.05]] * len(policy)}
+    return policy
+
+
 METHOD = SearchMethod(name="greedy", paper="Fake (tests)", search=greedy_search)
 RECOMPUTERS = {"fake_counter": lambda ctx, n: {"layers": n}}
 

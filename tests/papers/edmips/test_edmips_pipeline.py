@@ -35,7 +35,7 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     assert len(history["layers"]) == 6 and history["w_candidates"] == [1, 2, 3, 4]
 
     assert _mpq("edmips", "discretize", *_fast(out)) == 0
-    policy = BitPolicy.load(out / "policy.json")
+    policy = BitPolicy.load(out / "discretize" / "policy.json")
     state = json.loads((out / "search" / "arch_state.json").read_text())
     assert policy.names == [layer["name"] for layer in state["layers"]]
     for layer in state["layers"]:  # winner-take-all of eq. 18, weights and activations independently
@@ -46,7 +46,7 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     assert 1.0 <= policy.meta["avg_bits"] <= 4.0
 
     assert _mpq("edmips", "train", *_fast(out)) == 0
-    results = load_results(out / "results.json")  # validated against core.results.RunResult
+    results = load_results(out / "train" / "results.json")  # validated against core.results.RunResult
     assert results.paper == "edmips" and results.method == "edmips" and results.table_row == "digits-demo"
     assert results.counts.convention == "edmips" and results.counts.scope == "searchable"
     assert results.counts.bops == pytest.approx(policy.meta["bops"])
@@ -73,14 +73,15 @@ def test_search_resumes_and_extends(tmp_path):
 def test_uniform_baseline_and_multinomial_discretize(tmp_path):
     out = tmp_path / "run"
     _mpq("edmips", "train", *_fast(out, "train.policy=uniform"))
-    results = load_results(out / "results.json")
+    results = load_results(out / "train" / "results.json")
     assert {(e["w_bits"], e["a_bits"]) for e in results.policy["layers"]} == {(2, 2)}
     assert results.counts.avg_bits == pytest.approx(2.0) and results.method == "uniform"
     _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=1"))
-    _mpq("edmips", "discretize", *_fast(out, "discretize.rule=multinomial", "discretize.trials=50",
-                                         "discretize.samples=3", "discretize.target_avg_bits=2.0"))
-    samples = json.loads((out / "discretize_samples.json").read_text())
-    policy = BitPolicy.load(out / "policy.json")
+    _mpq("edmips", "discretize", *_fast(out, "search.schedule.epochs=1", "discretize.rule=multinomial",
+                                         "discretize.trials=50", "discretize.samples=3",
+                                         "discretize.target_avg_bits=2.0"))
+    samples = json.loads((out / "discretize" / "discretize_samples.json").read_text())
+    policy = BitPolicy.load(out / "discretize" / "policy.json")
     assert len(samples) == 3 and policy.meta["rule"] == "multinomial" and policy.meta["trials"] == 50
 
 
