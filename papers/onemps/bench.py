@@ -1,35 +1,41 @@
 """OneMPS, VIMPS and DNAS in the cross-method benchmark: ``METHOD.search(request) -> BitPolicy``.
 
-``onemps`` (:data:`METHOD`): ONE supernet + f_theta training answers every budget of a comparison. The
-trained supernet is cached per (seed, network and its initialisation, training data, candidates, epochs,
-batch, options, device type, code version), hashed into ``cache_key``, in
-``<cache_dir>/onemps-supernet-<key>/`` (a resumable core run directory, locked while one process trains it)
-and in this process's memory. ``cache_dir`` defaults to the directory two levels above
-``request.run_dir`` (``mpq bench run`` writes ``runs/<method>/b<budget>/seed<seed>``, so every budget of one
-seed shares ``runs/onemps/``); wherever it lives, the key makes a wrong reuse impossible, only the sharing
-depends on it. The budget is then met without data: over 256 log-spaced eta in [eta0, eta1], the most
-probable architectures within the budget, the most expensive one
-(:func:`papers.onemps.select.select_for_budget`). ``meta["search_cost"]`` gives the supernet's training
-time, the budgets served from it so far (``budgets.json`` in its directory) and that time divided by them
-(``amortised_s``; final after the comparison's last budget).
+``onemps`` (:data:`METHOD`): ONE supernet + f_theta training answers every budget of a comparison. It is
+kept per :meth:`~core.method.SearchRequest.fingerprint` (seed, network and initialisation, training data,
+candidates, epochs, batch, device type) plus the options and the code version, in this process's memory
+and on disk in ``<dir>/onemps-supernet-<key>/`` (a resumable core run directory, locked while one process
+trains it), ``<dir>`` being ``options["cache_dir"]``, else ``request.shared_dir`` (shared by every budget of
+one method and seed in ``mpq bench run``), else ``request.run_dir`` (then only this process shares it). The
+budget is met without data: among the most probable architectures of 256 log-spaced eta in [eta0, eta1],
+the most expensive within the budget (:func:`papers.onemps.select.select_for_budget`). The supernet's
+training time is reported as shared work (``search_cost_shared_s``, ``shared_over`` = the key), which the
+benchmark divides among the budgets that used it.
 
-``vimps`` / ``dnas`` (:data:`VIMPS`, :data:`DNAS`): one search per fixed eta (the presets of
-:data:`papers.onemps.config.PRESETS`; for DNAS the penalty is beta of the multiplicative loss), bracketed like
-EdMIPS's adapter: over budget -> eta x ``growth``, within -> eta / ``growth``, then geometric bisection;
-after ``max_searches`` the feasible policy with the most BOPs (none feasible: every layer at its lowest bits).
+``vimps`` / ``dnas`` (:data:`VIMPS`, :data:`DNAS`): one search per fixed eta (beta for DNAS; the presets of
+:data:`papers.onemps.config.PRESETS`), bracketed like EdMIPS's adapter: over budget -> eta x ``growth``,
+within -> eta / ``growth``, then geometric bisection; after ``max_searches`` the feasible policy with the
+most BOPs (none feasible: every layer at its lowest bits, ``fallback``). A search depends on eta, not on the
+budget, so searches are kept per (fingerprint, eta) in ``shared_dir`` and memory and reported as shared
+work ``{key: seconds}``.
+
+**Schedule rule** (all three; the slides give no schedule): ``request.epochs`` epochs; the weights at the
+shared recipe's lr 0.1 (cosine, gradient clipping 1.0: the packaged digits config's, which trains these
+networks from scratch); theta with Adam at ``arch_lr = arch_update / steps``, the *total* architecture
+update of the digits config (Adam moves a logit by about lr per step: 0.01 x 20 epochs x 21 steps = 4.2),
+so a short search moves pi as far as the config's; theta frozen for the first ``epochs // 5`` epochs (the
+config's 4 of 20). ``request.time_budget_s`` is not used: the work is fixed by ``request.epochs``.
 
 ``request.options`` (all optional): ``eta0`` (0.001), ``eta1`` (1), ``entropy_weight`` (1e-3),
-``kernel_weight`` (1e-2), ``lr`` (0.1, the shared recipe's), ``grad_clip`` (1.0, global norm),
-``arch_lr`` (0.01), ``arch_warmup_epochs`` (0),
-``max_steps_per_epoch`` (0), ``cache_dir`` (onemps), ``eta`` (initial eta: 0.03 VIMPS, beta 0.05 DNAS),
-``growth`` (4), ``max_searches`` (4). Every search's ``meta["diagnostics"]`` holds, per layer, the max
-probability and entropy of pi (weights, activations) at the end and the expected BOPs at the start and end.
+``kernel_weight`` (1e-2), ``lr`` (0.1), ``grad_clip`` (1.0), ``arch_update`` (4.2), ``arch_lr`` (None: the
+rule), ``max_steps_per_epoch`` (0), ``cache_dir`` (onemps); ``eta`` (initial: 0.03 VIMPS, beta 0.05 DNAS),
+``growth`` (4), ``max_searches`` (4). Every policy's ``meta["diagnostics"]``: per layer the max probability
+and entropy of pi (weights, activations) at its eta, and the expected BOPs under f_theta's initial and final
+pi at that eta.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -43,7 +49,6 @@ from core.bops import count
 from core.data import build_loader
 from core.engine import RunDir, code_version
 from core.errors import BudgetError, ConfigError
-from core.io import atomic_write_text
 from core.method import SearchMethod, SearchRequest
 from core.policy import BitPolicy
 from papers.onemps.common import CappedLoader, build_supernet
@@ -54,11 +59,12 @@ from papers.onemps.supernet import choice_bits, most_probable, probability_model
 from papers.onemps.train import diagnostics, fit_supernet
 
 COMMON = {"eta0": 0.001, "eta1": 1.0, "entropy_weight": 1e-3, "kernel_weight": 1e-2, "lr": 0.1,
-          "grad_clip": 1.0, "arch_lr": 0.01, "arch_warmup_epochs": 0, "max_steps_per_epoch": 0}
+          "grad_clip": 1.0, "arch_update": 4.2, "arch_lr": None, "max_steps_per_epoch": 0}
 DEFAULTS = {"onemps": {**COMMON, "cache_dir": None},
             "vimps": {**COMMON, "eta": 0.03, "growth": 4.0, "max_searches": 4},
             "dnas": {**COMMON, "eta": 0.05, "growth": 4.0, "max_searches": 4}}
-_MEMO: dict[str, tuple[nn.Module, HardwareCosts, dict]] = {}
+#: trained supernets of this process: key -> (model, costs, f_theta at its start, training seconds)
+_TRAINED: dict[str, tuple[nn.Module, HardwareCosts, nn.Module, float]] = {}
 
 
 def _options(request: SearchRequest, name: str) -> dict[str, Any]:
@@ -68,41 +74,54 @@ def _options(request: SearchRequest, name: str) -> dict[str, Any]:
     return {**DEFAULTS[name], **request.options}
 
 
-def request_config(request: SearchRequest, preset: str, opts: dict, eta: float | None = None) -> OneMpsConfig:
-    """The OneMPS config of a request: its candidates, epochs, batch, seed and device, first and last
-    layers float (as the request counts them), the preset's configuration."""
+def _loader(request: SearchRequest, opts: dict) -> CappedLoader:
+    return CappedLoader(build_loader(request.train_set, request.batch_size, train=True, workers=0,
+                                     seed=request.seed, distributed=False), opts["max_steps_per_epoch"])
+
+
+def request_config(request: SearchRequest, preset: str, opts: dict, steps_per_epoch: int,
+                   eta: float | None = None) -> OneMpsConfig:
+    """The OneMPS config of a request (the schedule rule of the module docstring): its candidates,
+    epochs, batch, seed and device, first and last layers float (as the request counts them)."""
+    epochs = max(1, int(request.epochs))
+    arch_lr = opts["arch_lr"] or opts["arch_update"] / (epochs * max(1, steps_per_epoch))
     overrides = [f"quant.w_candidates={list(request.w_candidates)}",
                  f"quant.a_candidates={list(request.a_candidates)}", "quant.first=float", "quant.last=float",
-                 f"search.schedule.epochs={max(1, int(request.epochs))}", f"search.optim.lr={opts['lr']}",
-                 f"search.optim.grad_clip={opts['grad_clip']}",
-                 f"search.arch_optim.lr={opts['arch_lr']}", f"search.eta0={opts['eta0']}",
-                 f"search.eta1={opts['eta1']}", f"search.entropy_weight={opts['entropy_weight']}",
+                 f"search.schedule.epochs={epochs}", f"search.arch_warmup_epochs={epochs // 5}",
+                 f"search.optim.lr={opts['lr']}", f"search.optim.grad_clip={opts['grad_clip']}",
+                 f"search.arch_optim.lr={arch_lr}", f"search.eta0={opts['eta0']}",
+                 f"search.eta1={opts['eta1']}",
                  f"search.kernel_weight={opts['kernel_weight']}",
-                 f"search.arch_warmup_epochs={opts['arch_warmup_epochs']}",
                  f"search.max_steps_per_epoch={opts['max_steps_per_epoch']}",
                  f"data.batch_size={request.batch_size}", f"run.seed={request.seed}",
-                 f"run.device={request.device}", "run.log_every=1000000"]
-    if preset not in ("onemps", "vimps"):
-        overrides = [o for o in overrides if not o.startswith("search.entropy_weight")]
+                 f"run.device={request.device}", "run.log_every=1000000000"]
+    if preset in ("onemps", "vimps"):
+        overrides.append(f"search.entropy_weight={opts['entropy_weight']}")
     if eta is not None:
         overrides.append(f"search.{'dnas_beta' if preset == 'dnas' else 'eta'}={eta}")
     return load_onemps_config(None, overrides, preset)
 
 
-def _train(request: SearchRequest, cfg: OneMpsConfig, run_dir: Path, identity: dict
-           ) -> tuple[nn.Module, HardwareCosts, dict, nn.Module]:
-    """A supernet of ``cfg`` on the request's network and data, trained in ``run_dir`` (resumed when it
-    holds the same run); returns it, its costs, the training summary and f_theta's initial state."""
+def _train(request: SearchRequest, preset: str, opts: dict, key: str, run_dir: Path, eta: float | None = None
+           ) -> tuple[nn.Module, HardwareCosts, nn.Module, float]:
+    """A supernet of the request trained in ``run_dir`` (resumed when it holds the same run, kept in this
+    process under ``key``): the model, its costs, f_theta at its start, the training's wall seconds."""
+    if key in _TRAINED:
+        return _TRAINED[key]
+    loader = _loader(request, opts)
+    cfg = request_config(request, preset, opts, len(loader), eta)
     torch.manual_seed(request.seed)
-    device = torch.device(request.device)
     model, costs = build_supernet(cfg, request.build_model(), tuple(request.input_size))
-    model.to(device)
+    model.to(torch.device(request.device))
     initial = copy.deepcopy(probability_model(model))
-    loader = CappedLoader(build_loader(request.train_set, request.batch_size, train=True, workers=0,
-                                       seed=request.seed, distributed=False), cfg.search.max_steps_per_epoch)
-    summary = fit_supernet(cfg, model, costs, loader, None, device, run_dir, identity=identity,
-                           config=identity)
-    return model, costs, summary, initial
+    identity = {"key": key, "preset": preset, "eta": eta}
+    fit_supernet(cfg, model, costs, loader, None, torch.device(request.device), run_dir, identity=identity,
+                 config=identity)
+    seconds = float((RunDir.read_record_of(run_dir) or {}).get("progress", {}).get("wall_time_s", 0.0))
+    if len(_TRAINED) > 32:
+        _TRAINED.clear()
+    _TRAINED[key] = (model, costs, initial, seconds)
+    return _TRAINED[key]
 
 
 def _diagnostics(model: nn.Module, initial: nn.Module, costs: HardwareCosts, eta: float) -> dict:
@@ -110,7 +129,6 @@ def _diagnostics(model: nn.Module, initial: nn.Module, costs: HardwareCosts, eta
     with torch.no_grad():
         start_bops = costs.expected_bops(initial.probabilities(eta))
     return {"eta": eta, "max_prob": end["max_prob"], "entropy": end["entropy"],
-            "mean_max_prob": sum(sum(p) for p in end["max_prob"]) / (2 * len(end["max_prob"])),
             "expected_bops": {"start": start_bops, "end": end["expected_bops"]}}
 
 
@@ -122,70 +140,32 @@ def _policy(request: SearchRequest, model: nn.Module, choice: dict, meta: dict) 
     return policy
 
 
-def _fingerprint(request: SearchRequest) -> dict:
-    """What identifies the network's initialisation and the training data of a request."""
-    h = hashlib.sha256()
-    model = request.build_model()
-    h.update(type(model).__name__.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    data = hashlib.sha256()
-    train = request.train_set
-    for i in range(min(16, len(train))):
-        x, y = train[i][:2]
-        data.update(torch.as_tensor(x).numpy().tobytes())
-        data.update(str(int(y)).encode())
-    return {"model": h.hexdigest(), "train": f"{len(train)}:{data.hexdigest()}"}
+def _cache_root(request: SearchRequest, opts: dict) -> Path:
+    return Path(opts.get("cache_dir") or request.shared_dir or request.run_dir)
+
+
+def _key(request: SearchRequest, preset: str, opts: dict, eta: float | None = None) -> str:
+    options = json.dumps({k: v for k, v in opts.items() if k not in ("cache_dir", "eta")}, sort_keys=True)
+    return request.fingerprint(preset, options, eta, code_version())
 
 
 def search_onemps(request: SearchRequest) -> BitPolicy:
-    """One cached supernet + f_theta per (seed, network, data, settings); this budget's child from it."""
-    t0 = time.perf_counter()
+    """One supernet + f_theta per (request fingerprint, options); this budget's child from it."""
     opts = _options(request, "onemps")
-    cfg = request_config(request, "onemps", opts)
-    identity = {"seed": request.seed, "input_size": list(request.input_size),
-                "num_classes": request.num_classes,
-                "w_candidates": list(request.w_candidates), "a_candidates": list(request.a_candidates),
-                "epochs": int(request.epochs), "batch_size": int(request.batch_size),
-                "options": {k: v for k, v in opts.items() if k != "cache_dir"},
-                "device_type": torch.device(request.device).type, "code_version": code_version(),
-                **_fingerprint(request)}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(opts["cache_dir"]) if opts["cache_dir"] else Path(request.run_dir).parent.parent
-    cache = root / f"onemps-supernet-{key}"
-    hit = key in _MEMO
+    key = _key(request, "onemps", opts)
+    hit = key in _TRAINED
+    cache = _cache_root(request, opts) / f"onemps-supernet-{key}"
     if not hit:
         request.log(f"onemps: one supernet for every budget ({request.epochs} epoch(s)) in {cache}")
-        model, costs, _, initial = _train(request, cfg, cache, identity)
-        progress = (RunDir.read_record_of(cache) or {}).get("progress", {})  # as its checkpoint recorded
-        _MEMO[key] = (model, costs, {"wall_time_s": progress["wall_time_s"], "initial": initial})
-    model, costs, info = _MEMO[key]
-    s = cfg.search
-    child, fallback = select_for_budget(model, costs, request.budget_bops, s.eta0, s.eta1)
-    budgets = _served(cache, request.budget_bops)
-    train_s = float(info["wall_time_s"])
-    meta = {"method": "onemps", "eta": None if fallback else child.eta, "fallback": fallback,
-            "diagnostics": _diagnostics(model, info["initial"], costs, child.eta if not fallback else s.eta1),
-            "search_cost": {"supernet_train_s": train_s, "cache_hit": hit, "cache_key": key,
-                            "cache_dir": str(cache), "budgets_served": budgets,
-                            "amortised_s": train_s / len(budgets), "this_call_s": time.perf_counter() - t0}}
+    model, costs, initial, seconds = _train(request, "onemps", opts, key, cache)
+    child, fallback = select_for_budget(model, costs, request.budget_bops, opts["eta0"], opts["eta1"])
+    eta = opts["eta1"] if fallback else child.eta
     request.log(f"onemps: eta={child.eta:.4g} -> {child.bops:.4g} BOPs (budget {request.budget_bops:.4g})"
                 + (" [fallback: lowest bits]" if fallback else ""))
+    meta = {"method": "onemps", "eta": None if fallback else child.eta,
+            "diagnostics": {**_diagnostics(model, initial, costs, eta), "fallback": fallback},
+            "search_cost_shared_s": seconds, "shared_over": key, "cache_hit": hit, "cache_dir": str(cache)}
     return _policy(request, model, child.choice, meta)
-
-
-def _served(cache: Path, budget: float) -> list[float]:
-    """The budgets answered from this supernet so far (kept in ``budgets.json`` beside it)."""
-    path = cache / "budgets.json"
-    try:
-        budgets = json.loads(path.read_text()) if path.is_file() else []
-    except ValueError:
-        budgets = []
-    if budget not in budgets:
-        budgets.append(budget)
-        atomic_write_text(path, json.dumps(budgets) + "\n")
-    return budgets
 
 
 def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
@@ -195,18 +175,19 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
     if growth <= 1:
         raise ConfigError(f"{preset}: option growth must be > 1, got {growth}")
     eta, low, high = float(opts["eta"]), None, None
-    _, costs = build_supernet(request_config(request, preset, opts, eta), request.build_model(),
+    _, costs = build_supernet(request_config(request, preset, opts, 1, eta), request.build_model(),
                               tuple(request.input_size))
     floor = costs.bops(cheapest_choice(costs))
     if floor > request.budget_bops:
         raise BudgetError(f"{preset}: the budget {request.budget_bops:.4g} BOPs is below the cheapest "
                           f"architecture of the search space ({floor:.4g} BOPs); raise the budget")
-    tried, feasible = [], []
+    tried, feasible, shared = [], [], {}
+    start = time.perf_counter()
     for _ in range(int(opts["max_searches"])):
-        cfg = request_config(request, preset, opts, eta)
-        run_dir = Path(request.run_dir) / f"{preset}-eta{eta:.6g}"
-        identity = {"preset": preset, "eta": eta, "seed": request.seed, **_fingerprint(request)}
-        model, costs, _, initial = _train(request, cfg, run_dir, identity)
+        key = _key(request, preset, opts, eta)
+        model, costs, initial, seconds = _train(request, preset, opts, key,
+                                                _cache_root(request, opts) / f"{preset}-{key}", eta)
+        shared[key] = seconds
         choice = most_probable(model, eta)
         bops = costs.bops(choice)
         ok = bops <= request.budget_bops
@@ -219,13 +200,14 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
             low = eta if low is None else max(low, eta)
         eta = math.sqrt(low * high) if low is not None and high is not None else (
             eta * growth if high is None else eta / growth)
+    meta = {"method": preset, "searches": tried, "search_cost_shared_s": shared,
+            "wall_s": time.perf_counter() - start}
     if feasible:
         _, eta, choice, model, initial = max(feasible, key=lambda f: f[0])
-        meta = {"method": preset, "eta": eta, "fallback": False, "searches": tried,
-                "diagnostics": _diagnostics(model, initial, costs, eta)}
+        meta.update(eta=eta, diagnostics={**_diagnostics(model, initial, costs, eta), "fallback": False})
         return _policy(request, model, choice, meta)
-    meta = {"method": preset, "eta": None, "fallback": True, "searches": tried,
-            "diagnostics": _diagnostics(model, initial, costs, tried[-1]["eta"])}
+    last = _diagnostics(model, initial, costs, tried[-1]["eta"])
+    meta.update(eta=None, diagnostics={**last, "fallback": True})
     return _policy(request, model, cheapest_choice(costs), meta)
 
 

@@ -19,7 +19,7 @@ NAMES = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2",
          "layer3.0.conv2"]
 
 
-def _request(run_dir, budget_bits, **options):
+def _request(run_dir, budget_bits, shared_dir=None, **options):
     def make():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -30,7 +30,7 @@ def _request(run_dir, budget_bits, **options):
     return SearchRequest(build_model=make, input_size=(3, 8, 8), num_classes=10, train_set=train,
                          val_set=train, w_candidates=(2, 3, 4), a_candidates=(2, 3, 4),
                          budget_bops=budget_bits ** 2 * macs, budget_avg_bits=budget_bits, run_dir=run_dir,
-                         epochs=1, batch_size=16, log=lambda msg: None,
+                         epochs=1, batch_size=16, log=lambda msg: None, shared_dir=shared_dir,
                          options={"max_steps_per_epoch": 2, **options})
 
 
@@ -47,34 +47,43 @@ def _check(request, policy):
 
 @pytest.mark.parametrize("method", [bench.VIMPS, bench.DNAS])
 def test_fixed_eta_methods_bracket_eta_to_the_budget(tmp_path, method):
-    request = _request(tmp_path / method.name, 3.0, max_searches=2)
+    bench._TRAINED.clear()
+    request = _request(tmp_path / "b3" / method.name, 3.0, shared_dir=tmp_path / "shared", max_searches=2)
     policy = method.search(request)
     _check(request, policy)
     assert policy.meta["method"] == method.name and len(policy.meta["searches"]) == 2
+    assert len(policy.meta["search_cost_shared_s"]) == 2  # one shared search per eta
+    again = method.search(_request(tmp_path / "b35" / method.name, 3.5, shared_dir=tmp_path / "shared",
+                                   max_searches=2))
+    # the next budget starts at the same eta: that search is reused (the same shared work, same result)
+    first = next(iter(policy.meta["search_cost_shared_s"]))
+    assert first in again.meta["search_cost_shared_s"]
+    assert again.meta["searches"][0]["bops"] == policy.meta["searches"][0]["bops"]
 
 
 def test_onemps_answers_every_budget_from_one_supernet(tmp_path):
-    bench._MEMO.clear()
-    layout = tmp_path / "runs" / "onemps"  # mpq bench run: runs/<method>/b<budget>/seed<seed>
+    bench._TRAINED.clear()
+    shared = tmp_path / "runs" / "onemps" / "seed0-shared"  # mpq bench run's layout
     policies = []
     for bits in (2.5, 3.5):
-        request = _request(layout / f"b{bits}" / "seed0", bits)
+        request = _request(tmp_path / "runs" / "onemps" / f"b{bits}" / "seed0", bits, shared_dir=shared)
         policies.append(bench.METHOD.search(request))
         _check(request, policies[-1])
-    first, second = (p.meta["search_cost"] for p in policies)
-    assert not first["cache_hit"] and second["cache_hit"] and first["cache_key"] == second["cache_key"]
-    assert len(list(layout.glob("onemps-supernet-*"))) == 1
-    assert second["budgets_served"] == [policies[0].meta["budget_bops"], policies[1].meta["budget_bops"]]
-    assert second["amortised_s"] == pytest.approx(second["supernet_train_s"] / 2)
-    # a new process (empty memory) reuses the finished supernet from disk
-    bench._MEMO.clear()
-    again = bench.METHOD.search(_request(layout / "b3.5" / "seed0", 3.5))
-    assert again.layers == policies[1].layers and not again.meta["search_cost"]["cache_hit"]
-    assert again.meta["search_cost"]["supernet_train_s"] == pytest.approx(first["supernet_train_s"])
+    first, second = (p.meta for p in policies)
+    assert not first["cache_hit"] and second["cache_hit"] and first["shared_over"] == second["shared_over"]
+    assert first["search_cost_shared_s"] == second["search_cost_shared_s"] > 0
+    assert len(list(shared.glob("onemps-supernet-*"))) == 1
+    assert policies[0].meta["bops"] <= policies[1].meta["bops"]  # a larger budget: no cheaper child
+    # a new process (empty memory) resumes the finished supernet from disk: no retraining
+    bench._TRAINED.clear()
+    again = bench.METHOD.search(_request(tmp_path / "runs" / "onemps" / "b3.5" / "seed0", 3.5,
+                                         shared_dir=shared))
+    assert again.layers == policies[1].layers and not again.meta["cache_hit"]
+    assert again.meta["search_cost_shared_s"] == pytest.approx(first["search_cost_shared_s"])
 
 
 def test_budget_below_the_search_space_and_unknown_options(tmp_path):
-    bench._MEMO.clear()
+    bench._TRAINED.clear()
     for method in (bench.METHOD, bench.VIMPS, bench.DNAS):
         with pytest.raises(BudgetError, match="cheapest"):
             method.search(_request(tmp_path / "a" / "b" / "c", 1.5))
