@@ -5,8 +5,8 @@
 >>> q(torch.tensor([0.26, 0.30, 5.0])).tolist()  # doctest: +SKIP
 [0.0, 0.538, 1.614]
 
-Names: ``lsq``, ``pact``, ``dorefa``, ``hwgq``, ``gaussian``, ``sign``. ``bits = 32`` means not
-quantized. :func:`set_compiled` switches every quantizer's math to ``torch.compile``d kernels.
+Names: ``lsq``, ``pact``, ``dorefa``, ``hwgq``, ``gaussian``, ``sign``, ``scale_clip``. ``bits = 32``
+means not quantized. :func:`set_compiled` switches every quantizer's math to ``torch.compile``d kernels.
 ``quantizer.grid(x)`` states its levels as integers (:class:`IntegerGrid`), which ONNX export writes as QDQ.
 """
 
@@ -28,6 +28,7 @@ from core.quant.grid import IntegerGrid
 from core.quant.hwgq import HWGQ_STEPS, HWGQQuantizer
 from core.quant.lsq import LSQQuantizer
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
+from core.quant.scale_clip import ScaleClipQuantizer
 from core.quant.uniform import DoReFaQuantizer, PACTQuantizer
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "LSQQuantizer",
     "PACTQuantizer",
     "Quantizer",
+    "ScaleClipQuantizer",
     "SignQuantizer",
     "create_quantizer",
     "functional",

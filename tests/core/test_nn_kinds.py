@@ -4,6 +4,7 @@ EVERY registered kind (core's, the papers', the toy one of ``toy_kind``), so a n
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 
 import pytest
@@ -26,8 +27,11 @@ from core.nn import (
 )
 from tests.core.toy_kind import TOY_KIND, PairConv2d, PairSelector
 
-for _info in pkgutil.iter_modules(papers.__path__):  # a paper registers its kinds when its package imports
-    importlib.import_module(f"papers.{_info.name}")
+# A paper registers its kinds in papers/<name>/kinds.py (its package __init__ stays free of torch: loading
+# the Paper object must not import training code), or, without such a module, when its package imports.
+for _info in pkgutil.iter_modules(papers.__path__):
+    _name = f"papers.{_info.name}"
+    importlib.import_module(f"{_name}.kinds" if importlib.util.find_spec(f"{_name}.kinds") else _name)
 
 KINDS = list_layer_kinds()
 
