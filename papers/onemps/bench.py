@@ -11,23 +11,29 @@ the most expensive within the budget (:func:`papers.onemps.select.select_for_bud
 training time is reported as shared work (``search_cost_shared_s``, ``shared_over`` = the key), which the
 benchmark divides among the budgets that used it.
 
-``vimps`` / ``dnas`` (:data:`VIMPS`, :data:`DNAS`): one search per fixed eta (beta for DNAS; the presets of
+``vimps`` / ``dnas`` (:data:`VIMPS`, :data:`DNAS`): one search per fixed eta (gamma for DNAS; the presets of
 :data:`papers.onemps.config.PRESETS`), bracketed like EdMIPS's adapter: over budget -> eta x ``growth``,
 within -> eta / ``growth``, then geometric bisection; after ``max_searches`` the feasible policy with the
 most BOPs (none feasible: every layer at its lowest bits, ``fallback``). A search depends on eta, not on the
 budget, so searches are kept per (fingerprint, eta) in ``shared_dir`` and memory and reported as shared
-work ``{key: seconds}``.
+work ``{key: seconds}``. DNAS's knob is gamma, not beta: the loss CE x beta (ln Cost)^gamma scales with
+beta as a whole, which Adam's architecture step ignores (the trade-off is gamma's alone); beta = 1 /
+ln(BOPs at the highest candidates)^gamma keeps the factor at 1 for the largest architecture, so gamma does not
+rescale the weights' learning rate.
 
 **Schedule rule** (all three; the slides give no schedule): ``request.epochs`` epochs; the weights at the
 shared recipe's lr 0.1 (cosine, gradient clipping 1.0: the packaged digits config's, which trains these
 networks from scratch); theta with Adam at ``arch_lr = arch_update / steps``, the *total* architecture
 update of the digits config (Adam moves a logit by about lr per step: 0.01 x 20 epochs x 21 steps = 4.2),
-so a short search moves pi as far as the config's; theta frozen for the first ``epochs // 5`` epochs (the
-config's 4 of 20). ``request.time_budget_s`` is not used: the work is fixed by ``request.epochs``.
+so a short search moves pi as far as the config's; theta frozen for the first ``max(1, epochs // 5)``
+epochs (the config's 4 of 20; none for a one-epoch search): in ``mpq bench run``'s 3-epoch searches, theta
+learning from the first step moved every eta of f_theta to the same 2.0-2.45-bit children (its gate
+gradients then come through untrained kernels); with one frozen epoch they span 3.3 to 2.8 bits over eta.
+``request.time_budget_s`` is not used: the work is fixed by ``request.epochs``.
 
 ``request.options`` (all optional): ``eta0`` (0.001), ``eta1`` (1), ``entropy_weight`` (1e-3),
 ``kernel_weight`` (1e-2), ``lr`` (0.1), ``grad_clip`` (1.0), ``arch_update`` (4.2), ``arch_lr`` (None: the
-rule), ``max_steps_per_epoch`` (0), ``cache_dir`` (onemps); ``eta`` (initial: 0.03 VIMPS, beta 0.05 DNAS),
+rule), ``max_steps_per_epoch`` (0), ``cache_dir`` (onemps); ``eta`` (initial: 0.03 VIMPS, gamma 1 DNAS),
 ``growth`` (4), ``max_searches`` (4). Every policy's ``meta["diagnostics"]``: per layer the max probability
 and entropy of pi (weights, activations) at its eta, and the expected BOPs under f_theta's initial and final
 pi at that eta.
@@ -62,7 +68,7 @@ COMMON = {"eta0": 0.001, "eta1": 1.0, "entropy_weight": 1e-3, "kernel_weight": 1
           "grad_clip": 1.0, "arch_update": 4.2, "arch_lr": None, "max_steps_per_epoch": 0}
 DEFAULTS = {"onemps": {**COMMON, "cache_dir": None},
             "vimps": {**COMMON, "eta": 0.03, "growth": 4.0, "max_searches": 4},
-            "dnas": {**COMMON, "eta": 0.05, "growth": 4.0, "max_searches": 4}}
+            "dnas": {**COMMON, "eta": 1.0, "growth": 4.0, "max_searches": 4}}
 #: trained supernets of this process: key -> (model, costs, f_theta at its start, training seconds)
 _TRAINED: dict[str, tuple[nn.Module, HardwareCosts, nn.Module, float]] = {}
 
@@ -80,14 +86,16 @@ def _loader(request: SearchRequest, opts: dict) -> CappedLoader:
 
 
 def request_config(request: SearchRequest, preset: str, opts: dict, steps_per_epoch: int,
-                   eta: float | None = None) -> OneMpsConfig:
+                   eta: float | None = None, max_bops: float | None = None) -> OneMpsConfig:
     """The OneMPS config of a request (the schedule rule of the module docstring): its candidates,
-    epochs, batch, seed and device, first and last layers float (as the request counts them)."""
+    epochs, batch, seed and device, first and last layers float (as the request counts them). ``eta`` is
+    the fixed penalty (VIMPS) or DNAS's gamma, whose beta = 1 / ln(max_bops)^gamma."""
     epochs = max(1, int(request.epochs))
     arch_lr = opts["arch_lr"] or opts["arch_update"] / (epochs * max(1, steps_per_epoch))
+    warmup = max(1, epochs // 5) if epochs > 1 else 0
     overrides = [f"quant.w_candidates={list(request.w_candidates)}",
                  f"quant.a_candidates={list(request.a_candidates)}", "quant.first=float", "quant.last=float",
-                 f"search.schedule.epochs={epochs}", f"search.arch_warmup_epochs={epochs // 5}",
+                 f"search.schedule.epochs={epochs}", f"search.arch_warmup_epochs={warmup}",
                  f"search.optim.lr={opts['lr']}", f"search.optim.grad_clip={opts['grad_clip']}",
                  f"search.arch_optim.lr={arch_lr}", f"search.eta0={opts['eta0']}",
                  f"search.eta1={opts['eta1']}",
@@ -97,19 +105,21 @@ def request_config(request: SearchRequest, preset: str, opts: dict, steps_per_ep
                  f"run.device={request.device}", "run.log_every=1000000000"]
     if preset in ("onemps", "vimps"):
         overrides.append(f"search.entropy_weight={opts['entropy_weight']}")
-    if eta is not None:
-        overrides.append(f"search.{'dnas_beta' if preset == 'dnas' else 'eta'}={eta}")
+    if eta is not None and preset == "dnas":
+        overrides += [f"search.dnas_gamma={eta}", f"search.dnas_beta={math.log(max_bops) ** -eta}"]
+    elif eta is not None:
+        overrides.append(f"search.eta={eta}")
     return load_onemps_config(None, overrides, preset)
 
 
-def _train(request: SearchRequest, preset: str, opts: dict, key: str, run_dir: Path, eta: float | None = None
-           ) -> tuple[nn.Module, HardwareCosts, nn.Module, float]:
+def _train(request: SearchRequest, preset: str, opts: dict, key: str, run_dir: Path, eta: float | None = None,
+           max_bops: float | None = None) -> tuple[nn.Module, HardwareCosts, nn.Module, float]:
     """A supernet of the request trained in ``run_dir`` (resumed when it holds the same run, kept in this
     process under ``key``): the model, its costs, f_theta at its start, the training's wall seconds."""
     if key in _TRAINED:
         return _TRAINED[key]
     loader = _loader(request, opts)
-    cfg = request_config(request, preset, opts, len(loader), eta)
+    cfg = request_config(request, preset, opts, len(loader), eta, max_bops)
     torch.manual_seed(request.seed)
     model, costs = build_supernet(cfg, request.build_model(), tuple(request.input_size))
     model.to(torch.device(request.device))
@@ -160,8 +170,9 @@ def search_onemps(request: SearchRequest) -> BitPolicy:
     model, costs, initial, seconds = _train(request, "onemps", opts, key, cache)
     child, fallback = select_for_budget(model, costs, request.budget_bops, opts["eta0"], opts["eta1"])
     eta = opts["eta1"] if fallback else child.eta
-    request.log(f"onemps: eta={child.eta:.4g} -> {child.bops:.4g} BOPs (budget {request.budget_bops:.4g})"
-                + (" [fallback: lowest bits]" if fallback else ""))
+    found = f"no eta in [{opts['eta0']:g}, {opts['eta1']:g}] meets it: lowest bits" if fallback else \
+        f"eta={child.eta:.4g}"
+    request.log(f"onemps: {found} -> {child.bops:.4g} BOPs (budget {request.budget_bops:.4g})")
     meta = {"method": "onemps", "eta": None if fallback else child.eta,
             "diagnostics": {**_diagnostics(model, initial, costs, eta), "fallback": fallback},
             "search_cost_shared_s": seconds, "shared_over": key, "cache_hit": hit, "cache_dir": str(cache)}
@@ -175,7 +186,7 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
     if growth <= 1:
         raise ConfigError(f"{preset}: option growth must be > 1, got {growth}")
     eta, low, high = float(opts["eta"]), None, None
-    _, costs = build_supernet(request_config(request, preset, opts, 1, eta), request.build_model(),
+    _, costs = build_supernet(request_config(request, preset, opts, 1), request.build_model(),
                               tuple(request.input_size))
     floor = costs.bops(cheapest_choice(costs))
     if floor > request.budget_bops:
@@ -186,7 +197,8 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
     for _ in range(int(opts["max_searches"])):
         key = _key(request, preset, opts, eta)
         model, costs, initial, seconds = _train(request, preset, opts, key,
-                                                _cache_root(request, opts) / f"{preset}-{key}", eta)
+                                                _cache_root(request, opts) / f"{preset}-{key}", eta,
+                                                costs.normaliser)
         shared[key] = seconds
         choice = most_probable(model, eta)
         bops = costs.bops(choice)

@@ -3,6 +3,8 @@ convergence diagnostics; onemps trains ONE supernet for every budget of a compar
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.data import Subset
@@ -89,3 +91,19 @@ def test_budget_below_the_search_space_and_unknown_options(tmp_path):
             method.search(_request(tmp_path / "a" / "b" / "c", 1.5))
     with pytest.raises(Exception, match="unknown request option"):
         bench.VIMPS.search(_request(tmp_path, 3.0, cache_dir="x"))
+
+
+def test_request_config_schedule_rule_and_dnas_gamma(tmp_path):
+    """The schedule rule (theta frozen for max(1, epochs // 5) epochs, none for one epoch) and DNAS's knob:
+    the bracketed value is gamma, with beta keeping beta ln(max BOPs)^gamma = 1."""
+    opts = bench._options(_request(tmp_path, 3.0), "dnas")
+    for epochs, warmup in [(1, 0), (3, 1), (10, 2)]:
+        request = _request(tmp_path, 3.0)
+        request.epochs = epochs
+        cfg = bench.request_config(request, "dnas", opts, 10, eta=4.0, max_bops=1e6)
+        assert cfg.search.arch_warmup_epochs == warmup
+        assert cfg.search.dnas_gamma == 4.0
+        assert cfg.search.dnas_beta * math.log(1e6) ** 4 == pytest.approx(1)
+    vimps = bench.request_config(_request(tmp_path, 3.0), "vimps", bench._options(_request(tmp_path, 3.0),
+                                                                                 "vimps"), 10, eta=0.2)
+    assert vimps.search.eta == 0.2
