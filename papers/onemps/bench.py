@@ -204,7 +204,8 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
         bops = costs.bops(choice)
         ok = bops <= request.budget_bops
         tried.append({"eta": eta, "bops": bops, "feasible": ok})
-        request.log(f"{preset}: eta={eta:.4g} -> {bops:.4g} BOPs (budget {request.budget_bops:.4g})")
+        request.log(f"{preset}: {'gamma' if preset == 'dnas' else 'eta'}={eta:.4g} -> {bops:.4g} BOPs "
+                    f"(budget {request.budget_bops:.4g})")
         if ok:
             feasible.append((bops, eta, choice, model, initial))
             high = eta if high is None else min(high, eta)
@@ -212,7 +213,7 @@ def _search_fixed(request: SearchRequest, preset: str) -> BitPolicy:
             low = eta if low is None else max(low, eta)
         eta = math.sqrt(low * high) if low is not None and high is not None else (
             eta * growth if high is None else eta / growth)
-    meta = {"method": preset, "searches": tried, "search_cost_shared_s": shared,
+    meta = {"method": preset, "searches": tried, "search_cost_shared_s": shared,  # "eta": DNAS's gamma
             "wall_s": time.perf_counter() - start}
     if feasible:
         _, eta, choice, model, initial = max(feasible, key=lambda f: f[0])

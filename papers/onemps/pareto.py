@@ -23,7 +23,7 @@ from core.engine import check_producer, evaluate, is_main, log, reestimate_bn_st
 from core.errors import ConfigError
 from core.io import atomic_write_json
 from core.pareto import pareto_front
-from papers.onemps.common import build_data, load_supernet_state, run_paths, setup
+from papers.onemps.common import CappedLoader, build_data, load_supernet_state, run_paths, setup
 from papers.onemps.config import OneMpsConfig
 from papers.onemps.losses import HardwareCosts
 from papers.onemps.plots import plot_pareto
@@ -35,19 +35,6 @@ from papers.onemps.train import build_for_training, supernet_identity
 CANDIDATES_FILE, FRONT_FILE = "candidates.json", "front.json"
 
 
-class _Capped:
-    """The first ``n`` batches of a loader (0: all)."""
-
-    def __init__(self, loader: Iterable, n: int) -> None:
-        self.loader, self.n = loader, n
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.n and i >= self.n:
-                break
-            yield batch
-
-
 def evaluate_child(model: nn.Module, choice: dict[str, tuple[int, int]], train_loader: Iterable,
                    val_loader: Iterable, bn_images: int, device: torch.device,
                    max_eval_batches: int = 0) -> dict[str, float]:
@@ -56,7 +43,7 @@ def evaluate_child(model: nn.Module, choice: dict[str, tuple[int, int]], train_l
     pin_architecture(model, choice)
     try:
         reestimate_bn_statistics(model, train_loader, bn_images, device)
-        return evaluate(model, _Capped(val_loader, max_eval_batches), device, desc="child")
+        return evaluate(model, CappedLoader(val_loader, max_eval_batches), device, desc="child")
     finally:
         pin_architecture(model, None)
 
