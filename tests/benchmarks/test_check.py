@@ -236,18 +236,19 @@ def test_bad_results_inputs(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1 and "not UTF-8" in err and "Traceback" not in err
 
 
-def test_onemps_edmips_row_names_what_is_missing() -> None:
-    """EdMIPS is in mpq; what the row needs and mpq lacks is OneMPS's correlation protocol."""
+def test_onemps_kendall_rows_point_at_the_correlation_study() -> None:
+    """Every configuration of the slide's table runs in papers/onemps's correlation config (GPU, ImageNet)."""
     cells = Checker(reference_dirs=[]).run(load_tables(paper="onemps")).tables[0].cells
-    edmips = next(c for c in cells if c.row.id == "resnet18-edmips")
-    assert edmips.status == NOT_IMPLEMENTED and "EdMIPS not in mpq" not in edmips.detail
-    assert "OneMPS's protocol" in edmips.detail
+    assert [c.row.id for c in cells] == ["resnet18-one-shot", "resnet18-edmips", "resnet18-dnas"]
+    for cell in cells:
+        assert cell.status == NOT_RUN and "GPU" in cell.detail
+        assert cell.row.config == "papers/onemps/configs/resnet18_imagenet_kendall.yaml"
 
 
 def test_markdown_report_has_every_table() -> None:
     report = Checker(reference_dirs=[]).run(load_tables(paper="onemps"))
     md = render_markdown(report)
-    assert md.count("## onemps / kendall-tau") == 1 and "not implemented" in md and "summary:" in md
+    assert md.count("## onemps / kendall-tau") == 1 and "not run" in md and "summary:" in md
 
 
 def test_paper_trainer_results_match_through_the_config_row_id(tmp_path: Path) -> None:
