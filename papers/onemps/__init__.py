@@ -13,8 +13,9 @@ Stages (``mpq onemps train|pareto|finetune|correlate|plot``):
 - :mod:`papers.onemps.correlate`: Kendall tau between child accuracy under the supernet and standalone
   accuracy, per configuration.
 
-The ``onemps`` layer kind is registered when :mod:`papers.onemps.supernet` is imported (every stage does;
-loading this package must not import torch). See ``papers/onemps/README.md`` for the slide-equation ->
+The ``onemps`` layer kind is registered when :mod:`papers.onemps.supernet` is imported (every stage does,
+and ``QuantSpec(kind="onemps")`` imports it through ``layer_kinds``; loading this package must not import
+torch). See ``papers/onemps/README.md`` for the slide-equation ->
 code table.
 """
 
@@ -30,5 +31,6 @@ PAPER = Paper(
     configs=Path(__file__).resolve().parent / "configs",
     methods=("papers.onemps.bench:METHOD", "papers.onemps.bench:VIMPS", "papers.onemps.bench:DNAS"),
     perf="papers.onemps.perf:PERF",
+    layer_kinds=("papers.onemps.supernet",),
     smoke="papers.onemps.cli:smoke",
 )
