@@ -7,17 +7,15 @@ below (typed in from ../shared/reference/README.md and the official README), 7.9
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from core.models import build_model
 from papers.llt.complexity import layer_costs
 from papers.llt.indicators import ImportanceIndicators
 from papers.llt.search import SearchSettings, search_policy
+from tests.papers.llt.helpers import reference_file
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-INDICATORS = SHARED / "reference" / "limpq-resnet50-indicators.json"
+INDICATORS = reference_file("limpq-resnet50-indicators.json")
 
 PUBLISHED_W = [6, 3, 4, 5, 4, 4, 5, 4, 4, 5, 4, 3, 4, 3, 3, 3, 4, 4, 3, 4, 4, 3, 4, 3, 2, 3, 2, 3, 2, 3, 3, 2,
                2, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
@@ -28,7 +26,8 @@ PUBLISHED_FP_MB = 97.286
 PUBLISHED_CR = 12.2029
 
 needs_reference = pytest.mark.skipif(not INDICATORS.is_file(),
-                                reason=f"official indicators not found at {INDICATORS} (../shared is absent)")
+                                     reason=f"official indicators not found at {INDICATORS} (../shared is "
+                                            "absent; set MPQ_REFERENCE_DIR)")
 
 
 @pytest.fixture(scope="module")
