@@ -17,18 +17,44 @@ import torch
 
 
 def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: float) -> torch.Tensor:
-    """LSQ (Esser et al., ICLR 2020): ``y = clamp(round(x / s), qn, qp) * s``.
+    """LSQ (Esser et al., ICLR 2020): ``y = round(clamp(x / s, qn, qp)) * s``.
 
-    Gradients (the same as torch's ``_fake_quantize_learnable_per_tensor_affine`` with zero point 0):
-    ``dy/dx = 1`` where ``qn <= round(x/s) <= qp`` else 0; ``dy/ds = (round(x/s) - x/s)`` inside,
-    ``qn`` / ``qp`` below / above the range, multiplied by ``grad_scale``. ``step`` broadcasts
-    against ``x`` (a scalar, or shape ``(C, 1, 1, 1)`` etc. for per-channel).
+    The paper's gradients (also the official LIMPQ quantizer's, which clamps ``x / s`` before rounding):
+    with ``v = x / s``, the straight-through ``dy/dx = 1`` for ``qn < v < qp`` else 0, and ``dy/ds``
+    (eq. 3 with ``qn = -Q_N``) is ``round(v) - v`` for ``qn < v < qp``, ``qn`` for ``v <= qn`` and ``qp``
+    for ``v >= qp``, multiplied by ``grad_scale`` (the paper's ``g``). ``step`` broadcasts against ``x``
+    (a scalar, or shape ``(C, 1, 1, 1)`` etc. for per-channel). :func:`lsq_fake_quant_native` is torch's
+    variant.
+    """
+    with torch.no_grad():
+        xs = x / step
+        inside = (xs > qn) & (xs < qp)
+        q = torch.round(torch.clamp(xs, qn, qp))
+    return _lsq_surrogate(x, step, q, xs, inside, grad_scale)
+
+
+def lsq_fake_quant_native(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: float
+                          ) -> torch.Tensor:
+    """LSQ with the gradients of torch's ``_fake_quantize_learnable_per_tensor_affine`` (zero point 0).
+
+    The same values as :func:`lsq_fake_quant`, but "inside" is decided after rounding,
+    ``qn <= round(x/s) <= qp``: in the half-step bands just outside the range (``qp <= x/s < qp + 1/2``,
+    ``qn - 1/2 < x/s <= qn``) it passes gradient 1 to ``x`` and ``round(x/s) - x/s`` to the step where the
+    paper passes 0 and ``qp`` / ``qn``.
     """
     with torch.no_grad():
         xs = x / step
         r = torch.round(xs)
         inside = (r >= qn) & (r <= qp)
         q = torch.clamp(r, qn, qp)
+    return _lsq_surrogate(x, step, q, xs, inside, grad_scale)
+
+
+def _lsq_surrogate(x: torch.Tensor, step: torch.Tensor, q: torch.Tensor, xs: torch.Tensor,
+                   inside: torch.Tensor, grad_scale: float) -> torch.Tensor:
+    """``q * s`` carrying the LSQ surrogate gradients: ``dy/ds = (q - x/s)`` inside, ``q`` (the clamp
+    bound) outside, times ``grad_scale``; ``dy/dx = 1`` inside, 0 outside."""
+    with torch.no_grad():
         dstep = torch.where(inside, q - xs, q)  # dy/ds before gradient scaling
         y = q * step
     # zero-valued terms that carry the surrogate gradients: the value stays exactly q * s

@@ -15,6 +15,9 @@ from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, kernel, register_quantizer
 
 LSQ_INITS = ("limpq", "lsq")
+#: ``paper``: the LSQ paper's gradients (eq. 3; the official LIMPQ code's, x/s clamped before rounding);
+#: ``native``: those of torch's ``_fake_quantize_learnable_per_tensor_affine`` (range decided after rounding)
+LSQ_GRADIENTS = {"paper": F.lsq_fake_quant, "native": F.lsq_fake_quant_native}
 _MIN_STEP = 1e-8
 
 
@@ -36,6 +39,10 @@ class LSQQuantizer(Quantizer):
         init: weight-step initialisation, ``"limpq"`` (LLT official: ``max(|mu - 3 sigma|,
             |mu + 3 sigma|) / 2^(b-1)``, unbiased sigma) or ``"lsq"`` (the LSQ paper:
             ``2 mean|w| / sqrt(Q_p)``). Activations always use ``2 mean|x| / sqrt(Q_p)``.
+        gradient: ``"paper"`` (default: LSQ eq. 3 and the official LIMPQ quantizer; ``x / s`` clamped
+            before rounding, so in the half-step band just outside the range ``x`` gets 0 and the step
+            ``Q_n`` / ``Q_p``) or ``"native"`` (torch's learnable fake-quant op, which decides the range
+            after rounding: gradient 1 to ``x`` and ``round(x/s) - x/s`` to the step in that band).
 
     Every step is initialised from the data on the first forward at its bit-width (per-channel
     statistics are taken over all other dimensions); an ``initialized`` buffer records which
@@ -58,10 +65,14 @@ class LSQQuantizer(Quantizer):
         ch_axis: int | None = None,
         candidate_bits: Sequence[int] | None = None,
         init: str = "limpq",
+        gradient: str = "paper",
     ) -> None:
         super().__init__(FULL_PRECISION, role)
         if init not in LSQ_INITS:
             raise ConfigError(f"lsq init must be one of {LSQ_INITS}, got {init!r}")
+        if gradient not in LSQ_GRADIENTS:
+            raise ConfigError(f"lsq gradient must be one of {sorted(LSQ_GRADIENTS)}, got {gradient!r}")
+        self.gradient = gradient
         if per_channel and not channels:
             raise ConfigError("lsq per_channel=True needs channels=<number of channels>")
         self.signed = (role == "weight") if signed is None else bool(signed)
@@ -163,7 +174,7 @@ class LSQQuantizer(Quantizer):
             step = step[0]
             numel = x.numel()
         grad_scale = 1.0 / math.sqrt(qp * numel)
-        return kernel(F.lsq_fake_quant)(x, step, qn, qp, grad_scale)
+        return kernel(LSQ_GRADIENTS[self.gradient])(x, step, qn, qp, grad_scale)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         self._ready = set()
@@ -172,4 +183,5 @@ class LSQQuantizer(Quantizer):
     def extra_repr(self) -> str:
         extra = f", candidate_bits={self.candidate_bits}" if self.candidate_bits else ""
         pc = f", per_channel(axis={self.ch_axis})" if self.per_channel else ""
-        return f"{super().extra_repr()}, signed={self.signed}{pc}{extra}"
+        grad = "" if self.gradient == "paper" else f", gradient={self.gradient}"
+        return f"{super().extra_repr()}, signed={self.signed}{pc}{extra}{grad}"

@@ -121,7 +121,7 @@ def test_lsq_levels(signed, bits):
 
 
 @pytest.mark.parametrize("signed", [False, True])
-def test_lsq_gradients_match_torch_native_op(signed):
+def test_lsq_native_option_matches_torch_native_op(signed):
     x = torch.randn(3, 8, 5, 5) * 2
     bits = 3
     q = create_quantizer("lsq", bits, signed=signed)
@@ -130,7 +130,7 @@ def test_lsq_gradients_match_torch_native_op(signed):
     g = 1.0 / math.sqrt(qp * x.numel())
     x1, s1 = x.clone().requires_grad_(), step.clone().requires_grad_()
     x2, s2 = x.clone().requires_grad_(), step.clone().requires_grad_()
-    y1 = lsq_fake_quant(x1, s1, qn, qp, g)
+    y1 = functional.lsq_fake_quant_native(x1, s1, qn, qp, g)
     y2 = torch._fake_quantize_learnable_per_tensor_affine(x2, s2.reshape(1), torch.zeros(1), qn, qp, g)
     grad = torch.randn_like(x)
     (y1 * grad).sum().backward()
@@ -140,9 +140,9 @@ def test_lsq_gradients_match_torch_native_op(signed):
     assert torch.allclose(s1.grad, s2.grad.reshape(()), atol=1e-5)
 
 
-def test_lsq_per_channel_gradients_match_native_op():
+def test_lsq_per_channel_native_option_matches_native_op():
     w = torch.randn(6, 4, 3, 3)
-    q = create_quantizer("lsq", 4, role="weight", per_channel=True, channels=6)
+    q = create_quantizer("lsq", 4, role="weight", per_channel=True, channels=6, gradient="native")
     w1 = w.clone().requires_grad_()
     y1 = q(w1)
     qn, qp = q.qrange(4)
@@ -156,6 +156,68 @@ def test_lsq_per_channel_gradients_match_native_op():
     assert torch.allclose(y1, y2, atol=1e-6)
     assert torch.allclose(w1.grad, w2.grad, atol=1e-5)
     assert torch.allclose(q.step.grad[0], step.grad, atol=1e-5)
+
+
+def _paper_lsq_gradients(x: torch.Tensor, step: float, qn: int, qp: int, g: float, upstream: torch.Tensor):
+    """LSQ eq. 3 (``-Q_N = qn``) and the straight-through input gradient, element by element in float64."""
+    gx, gs = [], 0.0
+    for v, u in zip(x.double().flatten().tolist(), upstream.double().flatten().tolist()):
+        r = v / step
+        if r <= qn:
+            gx.append(0.0)
+            gs += u * qn
+        elif r >= qp:
+            gx.append(0.0)
+            gs += u * qp
+        else:
+            gx.append(u)
+            gs += u * (round(r) - r)  # Python's round is half-even like torch.round
+    return torch.tensor(gx).reshape(x.shape), gs * g
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_lsq_gradients_follow_the_paper_in_the_half_step_bands(signed):
+    """Just outside the range, ``qp <= x/s < qp + 1/2`` and ``qn - 1/2 < x/s <= qn``, the paper (and the
+    official LIMPQ code) passes 0 to the input and ``qp`` / ``qn`` to the step; torch's native op passes 1
+    and ``round(x/s) - x/s``."""
+    bits, step = 2, 0.25
+    q = create_quantizer("lsq", bits, signed=signed)
+    qn, qp = q.qrange(bits)
+    gen = torch.Generator().manual_seed(1)
+    band_hi = (qp + 0.5 * torch.rand(64, generator=gen)) * step  # qp <= x/s < qp + 1/2
+    band_lo = (qn - 0.5 * torch.rand(64, generator=gen)) * step  # qn - 1/2 < x/s <= qn
+    inner = (qn + (qp - qn) * torch.rand(64, generator=gen)) * step
+    outer = torch.tensor([qn - 3.0, qp + 3.0]) * step
+    x = torch.cat([band_hi, band_lo, inner, outer])
+    upstream = torch.randn(x.shape, generator=gen)
+    g = 1.0 / math.sqrt(qp * x.numel())
+    want_x, want_s = _paper_lsq_gradients(x, step, qn, qp, g, upstream)
+    with torch.no_grad():
+        q(torch.ones(4))  # initialise, then set the step
+        q.step.fill_(step)
+    for use_quantizer in (False, True):  # the function, and the quantizer's default gradient="paper"
+        xg, sg = x.clone().requires_grad_(), torch.tensor(step, requires_grad=True)
+        if use_quantizer:
+            q.step.grad = None
+            (q(xg) * upstream).sum().backward()
+            got_s = q.step.grad.reshape(())
+        else:
+            (lsq_fake_quant(xg, sg, qn, qp, g) * upstream).sum().backward()
+            got_s = sg.grad
+        torch.testing.assert_close(xg.grad, want_x.float(), atol=0, rtol=0)
+        assert got_s.item() == pytest.approx(want_s, rel=1e-5)
+    # the native option has the same values and differs exactly in the bands (the first 128 elements)
+    xn, sn = x.clone().requires_grad_(), torch.tensor(step, requires_grad=True)
+    (functional.lsq_fake_quant_native(xn, sn, qn, qp, g) * upstream).sum().backward()
+    differs = set((xn.grad != xg.grad).nonzero().flatten().tolist())
+    assert differs <= set(range(128)) and len(differs) > 120
+    assert torch.equal(functional.lsq_fake_quant_native(x, torch.tensor(step), qn, qp, g),
+                       lsq_fake_quant(x, torch.tensor(step), qn, qp, g))
+
+
+def test_lsq_unknown_gradient_is_a_config_error():
+    with pytest.raises(ConfigError, match="lsq gradient must be one of"):
+        create_quantizer("lsq", 4, gradient="ste")
 
 
 def test_lsq_init_rules():
