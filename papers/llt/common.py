@@ -34,12 +34,14 @@ def input_size(data_cfg: DataConfig) -> tuple[int, int, int]:
     return (info.in_channels, size, size)
 
 
-def build_loaders(data_cfg: DataConfig, seed: int, batch_size: int | None = None
+def build_loaders(data_cfg: DataConfig, seed: int, batch_size: int | None = None, per_device: bool = False
                   ) -> tuple[Any, Any, Any, Any]:
-    """``(train_set, val_set, train_loader, val_loader)``; the batch size (``batch_size`` or
-    ``data.batch_size``) is global, split across ranks."""
+    """``(train_set, val_set, train_loader, val_loader)``; the training batch size (``batch_size`` or
+    ``data.batch_size``) is global, split across ranks, or with ``per_device`` each rank's (the official
+    code's: its batch sizes are per GPU). The validation batch is global."""
     world = get_info().world_size
-    per_rank = max(1, (batch_size or data_cfg.batch_size) // world)
+    batch = batch_size or data_cfg.batch_size
+    per_rank = batch if per_device else max(1, batch // world)
     val_bs = max(1, (data_cfg.val_batch_size or data_cfg.batch_size) // world)
     train_set = build_dataset_from_config(data_cfg, "train")
     val_set = build_dataset_from_config(data_cfg, "val")

@@ -8,6 +8,7 @@ BatchNorm statistics re-estimated on about 6000 training images before the final
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import time
@@ -37,7 +38,7 @@ from core.engine import (
     trainer_kwargs,
     unwrap,
 )
-from core.errors import CheckpointError, PolicyError
+from core.errors import CheckpointError, ConfigError, PolicyError
 from core.io import atomic_write_json
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
@@ -47,10 +48,11 @@ from papers.llt.search import search_from_config
 
 
 def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str = "w8",
-                         last_layer: str = "w8a8") -> list[str]:
+                         last_layer: str = "w8a8", lsq_gradient: str = "paper") -> list[str]:
     """Quantize ``model`` in place with LSQ at the policy's bits; returns the searchable layer names."""
-    spec = QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
-                     first=first_layer, last=last_layer)
+    spec = QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq",
+                     w_options={"init": "limpq", "gradient": lsq_gradient},
+                     a_options={"gradient": lsq_gradient}, first=first_layer, last=last_layer)
     names = quantize_model(model, spec)
     missing = [n for n in names if n not in policy]
     extra = [n for n in policy.layers if n not in names]
@@ -60,6 +62,25 @@ def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str =
     policy.apply(model, strict=False)
     freeze_full_precision_quantizers(model)  # unused 32-bit quantizer parameters would break DDP
     return names
+
+
+def rescale_fc_weight(fc: nn.Linear) -> Any:
+    """The official fine-tuning's SAT-style fc (Jin et al., CVPR 2020): in training the layer computes
+    ``x @ (c * Q(W)).T + b`` with ``c = 1 / (sqrt(out_features) * std(Q(W)))`` (no gradient through
+    ``c``), in evaluation ``x @ Q(W).T + b / c`` (the training logits over ``c``: the same argmax).
+    ``fc`` computes ``x @ Q(W).T + b`` (a :class:`core.nn.QLinear`, or a float ``nn.Linear`` with
+    ``Q = id``); a forward hook rewrites its output. Returns the hook handle."""
+
+    def hook(module: nn.Module, inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            weight = module.quantized_weight() if hasattr(module, "quantized_weight") else module.weight
+            c = 1.0 / (math.sqrt(module.out_features) * weight.std())
+        bias = module.bias if module.bias is not None else 0.0
+        if module.training:
+            return (out - bias) * c + bias
+        return out - bias + bias / c
+
+    return fc.register_forward_hook(hook)
 
 
 @torch.no_grad()
@@ -76,7 +97,7 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
         raise CheckpointError(f"finetune.init=indicators: no checkpoint under {cfg.indicators_path.parent}; "
                               "run `mpq llt indicators` with this config first")
     source = build_float_model(cfg.model, cfg.data)
-    build_indicator_model(source, cfg.bits)
+    build_indicator_model(source, cfg.bits, cfg.lsq_gradient)
     source.load_state_dict(load_checkpoint(ckpt)["model"])
     apply_bits(source, dict(policy.layers))  # switchable BNs follow their layer's weight bits
     target = dict(model.named_modules())
@@ -137,11 +158,14 @@ def run_finetune(cfg: LLTConfig) -> dict:
     policy = BitPolicy.load(stage.policy) if stage.policy else search_from_config(cfg)
     t_search = time.perf_counter() - t0
     model = build_float_model(cfg.model, cfg.data)
-    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer)
+    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer, cfg.lsq_gradient)
     if stage.init == "indicators":
         log(f"fine-tuning starts from the indicator network {init_from_indicator_run(model, cfg, policy)}")
-    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size)
-    optimizer = build_optimizer(stage.optim, model.parameters())
+    if stage.fc_rescale:
+        rescale_fc_weight(_last_linear(model))
+    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size,
+                                                   stage.per_device_batch)
+    optimizer = build_optimizer(stage.optim, model)
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
     out_dir = Path(cfg.run.out_dir) / "finetune"
     kw = trainer_kwargs(cfg.run, stage.optim)
@@ -182,6 +206,13 @@ def run_finetune(cfg: LLTConfig) -> dict:
             f"{report.bops / 1e9:.3f} G BitOPs ({report.convention}), {report.size_mb():.3f} MB")
     barrier()
     return results
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("finetune.fc_rescale=true needs a model with a final nn.Linear classifier")
+    return linears[-1]
 
 
 def _code_version() -> str:

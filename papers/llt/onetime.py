@@ -37,12 +37,13 @@ from papers.llt.config import LLTConfig
 from papers.llt.indicators import extract_indicators
 
 
-def build_indicator_model(model: nn.Module, bits: list[int]) -> list[str]:
+def build_indicator_model(model: nn.Module, bits: list[int], lsq_gradient: str = "paper") -> list[str]:
     """Make ``model`` switchable in place (LSQ with per-bit steps, switchable BN); returns the searchable
     layer names. First conv and fc stay float, as in the official indicator training."""
     spec = QuantSpec(mode="switchable", w_quant="lsq", a_quant="lsq", w_bits=bits[0], a_bits=bits[0],
-                     w_candidates=list(bits), a_candidates=list(bits), w_options={"init": "limpq"},
-                     switchable_bn=True, first="float", last="float")
+                     w_candidates=list(bits), a_candidates=list(bits),
+                     w_options={"init": "limpq", "gradient": lsq_gradient},
+                     a_options={"gradient": lsq_gradient}, switchable_bn=True, first="float", last="float")
     return quantize_model(model, spec)
 
 
@@ -128,9 +129,10 @@ def run_indicators(cfg: LLTConfig) -> Path:
     info = init_distributed(cfg.run.device)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     model = build_float_model(cfg.model, cfg.data)
-    names = build_indicator_model(model, cfg.bits)
-    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size)
-    optimizer = build_optimizer(stage.optim, model.parameters())
+    names = build_indicator_model(model, cfg.bits, cfg.lsq_gradient)
+    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size,
+                                                   stage.per_device_batch)
+    optimizer = build_optimizer(stage.optim, model)
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
     out_dir = cfg.indicators_path.parent
     kw = trainer_kwargs(cfg.run, stage.optim)

@@ -23,8 +23,11 @@ from papers.llt.indicators import ImportanceIndicators
 if TYPE_CHECKING:
     from papers.llt.config import LLTConfig
 
-#: alpha of main paper Eq. 4 per network (supplementary Sec. 1).
+#: alpha of main paper Eq. 4 per network (supplementary Sec. 1), also under the timm names of the
+#: official starting models (``gluon_resnet18_v1b`` / ``gluon_resnet50_v1b``, now ``resnet*.gluon_in1k``).
 PAPER_ALPHA = {"resnet18": 3.0, "resnet50": 2.0, "mobilenet_v1": 1.0}
+PAPER_ALPHA.update({alias: PAPER_ALPHA[net] for net in ("resnet18", "resnet50")
+                    for alias in (f"{net}.gluon_in1k", f"gluon_{net}_v1b")})
 
 
 @dataclass

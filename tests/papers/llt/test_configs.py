@@ -34,7 +34,13 @@ def test_config_loads_with_the_papers_constants(path):
         assert cfg.bits == [6, 5, 4, 3, 2]
         assert cfg.search.alpha == PAPER_ALPHA[cfg.model.name] and cfg.search.macs == "limpq"
         assert cfg.indicators.optim.lr == 0.01 and cfg.finetune.optim.lr == 0.04
-        assert cfg.finetune.schedule.epochs == 90 and cfg.finetune.schedule.warmup_epochs == 5
+        # the official recipe (the published rows ran it): 90 + 5 cool-down epochs, per-epoch cosine
+        assert cfg.finetune.schedule.epochs == 95 and cfg.finetune.schedule.cooldown_epochs == 5
+        assert cfg.finetune.schedule.warmup_epochs == 5 and not cfg.finetune.schedule.warmup_prefix
+        assert not cfg.indicators.schedule.per_step and cfg.indicators.schedule.min_lr == 1e-5
+        for stage in (cfg.indicators, cfg.finetune):
+            assert stage.optim.nesterov and stage.optim.no_decay_1d and stage.per_device_batch
+        assert cfg.finetune.fc_rescale and cfg.lsq_gradient == "paper"
         assert cfg.finetune.first_layer == "w8" and cfg.finetune.last_layer == "w8a8"
         assert cfg.table_row
 
