@@ -34,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--compression", type=float, default=None, help="model-size budget: compression ratio")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the weight indicators (default: the paper's per model, else 2)")
-    p.add_argument("--macs", choices=["limpq", "exact"], default="limpq",
-                   help="MAC convention: limpq (official, true division) or exact (floor)")
+    p.add_argument("--macs", choices=["limpq", "limpq_int", "exact"], default="limpq",
+                   help="MAC convention: limpq (true-division output sizes), limpq_int (the official hook "
+                        "exactly: the output area truncated to an integer) or exact (floor)")
     p.add_argument("--bits", type=int, nargs="+", default=None, help="candidate bits (default: the file's)")
     p.add_argument("--weight-only", type=int, default=None, metavar="A_BITS",
                    help="search weights only, every activation fixed at A_BITS (e.g. 8)")
