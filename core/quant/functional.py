@@ -135,19 +135,30 @@ def weight_std(w: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((squares - total * total / n) / max(n - 1, 1)).to(w.dtype)
 
 
-def _midrise(w: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
-    bound = (2**bits / 2 - 0.5) * step
+def gaussian_step(std: torch.Tensor, coef: float, bits: int, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """EdMIPS's weight step ``coef * std`` and clip bound ``(2^b / 2 - 0.5) * step``, both built in float64
+    from the (``dtype``) std and then cast to ``dtype``, as the official code computes them (``std().item()``
+    times the constant in Python floats). In float32 the product can land one ulp away, which moves
+    weights across rounding boundaries (a whole ResNet-18's logits drift apart)."""
+    step = std.double() * coef
+    return step.to(dtype), (step * (2**bits / 2 - 0.5)).to(dtype)
+
+
+def _midrise(w: torch.Tensor, std: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
+    step, bound = gaussian_step(std, coef, bits, w.dtype)
     return torch.clamp((torch.round(w / step + 0.5) - 0.5) * step, -bound, bound)
 
 
 def gaussian_midrise(w: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
-    """EdMIPS weights: mid-rise uniform with ``step = coef * std(w)`` (unbiased std, no gradient).
+    """EdMIPS weights: mid-rise uniform with ``step = coef * std(w)`` (unbiased std, no gradient; the
+    step in float64, :func:`gaussian_step`).
 
     ``q = (round(w / step + 0.5) - 0.5) * step`` clamped to ``+-(2^b / 2 - 0.5) * step``;
     identity gradient (no clip mask).
     """
     with torch.no_grad():
-        q = _midrise(w, coef * weight_std(w), bits)
+        q = _midrise(w, weight_std(w), coef, bits)
     return q + (w - w.detach())
 
 
@@ -189,7 +200,7 @@ def gaussian_composite(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[float,
             term = w
         else:
             with torch.no_grad():
-                q = _midrise(w, coef * std, b)
+                q = _midrise(w, std, coef, b)
             term = q + (w - w.detach())
         out = out + gates[i] * term
     return out
@@ -233,7 +244,7 @@ def gaussian_mixture_forward(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[
     std = weight_std(w)
     out = torch.zeros_like(w)
     for i, (coef, b) in enumerate(zip(coefs, bits)):
-        out = out + gates[i] * (w if b >= 32 else _midrise(w, coef * std, b))
+        out = out + gates[i] * (w if b >= 32 else _midrise(w, std, coef, b))
     return out, std
 
 
@@ -242,6 +253,6 @@ def gaussian_mixture_backward(grad: torch.Tensor, w: torch.Tensor, gates: torch.
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad * sum_i gates_i, [sum(grad * Q_i(w))]_i)``: the gradients to ``w`` (every candidate's
     identity STE) and to the gates, in one pass over ``grad`` and ``w``."""
-    sums = torch.stack([(grad * (w if b >= 32 else _midrise(w, coef * std, b))).sum()
+    sums = torch.stack([(grad * (w if b >= 32 else _midrise(w, std, coef, b))).sum()
                         for coef, b in zip(coefs, bits)])
     return grad * gates.sum(), sums

@@ -83,6 +83,70 @@ def test_gaussian_midrise_levels_step_and_identity_gradient():
         assert torch.equal(w.grad, torch.arange(2000.0))  # identity, no clip mask
 
 
+def _official_gaussian(w: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
+    """The official EdMIPS weight quantizer's arithmetic: ``std().item()`` times the constant in Python
+    floats (float64), used by float32 tensor ops (which cast the step and the clip bound once)."""
+    step = coef * w.std().item()
+    bound = (2**bits / 2 - 0.5) * step
+    return ((torch.round(w / step + 0.5) - 0.5) * step).clamp(min=-bound, max=bound)
+
+
+def _one_ulp_case(seed: int, bits: int) -> torch.Tensor | None:
+    """A float32 weight whose step ``coef * std`` is one ulp apart in float32 and float64 arithmetic, with
+    a weight at ``k`` float64-steps that the float32 step puts in a different level. A zero-mean bulk plus
+    two pairs ``+-v1`` (the probe) and ``+-v2`` with ``v1^2 + v2^2 = 2 var``, which keeps the std."""
+    coef = GAUSSIAN_COEFS[bits]
+    half = torch.randn(2048, generator=torch.Generator().manual_seed(seed)) * 0.05
+    bulk = torch.cat([half, -half])
+    std = bulk.std()
+    step32, step64 = coef * std, torch.tensor(coef * std.item())
+    if step32 == step64:
+        return None
+    up, var = torch.tensor(float("inf")), std.double() ** 2
+    for k in range(1, 2 ** (bits - 1)):
+        v1 = (k * torch.minimum(step32, step64)).float()
+        for _ in range(6):
+            if v1.double() ** 2 >= 2 * var:
+                return None
+            v2 = torch.sqrt(2 * var - v1.double() ** 2).float()
+            for _ in range(8):
+                w = torch.cat([bulk, torch.stack([v1, -v1, v2, -v2])])
+                if w.std() == std and not torch.equal(torch.round(w / step32 + 0.5),
+                                                      torch.round(w / step64 + 0.5)):
+                    return w
+                v2 = torch.nextafter(v2, up)
+            v1 = torch.nextafter(v1, up)
+    return None
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_gaussian_step_is_built_in_float64_and_the_weights_follow_it(bits):
+    """Where ``coef * std`` in float32 is one ulp off the float64 product, a weight lands in another level;
+    every path (single quantizer, fused mixture, autograd reference, compiled) follows the float64 step,
+    bit for bit, as the official code does."""
+    from core.quant import gaussian_mixture, set_compiled
+
+    w = next(w for w in (_one_ulp_case(seed, bits) for seed in range(40)) if w is not None)
+    coef = GAUSSIAN_COEFS[bits]
+    step32, step64 = coef * w.std(), torch.tensor(coef * w.std().item())
+    assert step32 != step64 and torch.nextafter(step32, step64) == step64  # one ulp apart
+    levels32, levels64 = torch.round(w / step32 + 0.5), torch.round(w / step64 + 0.5)
+    assert 1 <= (levels32 != levels64).sum() <= 2  # the probe (and perhaps its mirror) changes level
+    want = _official_gaussian(w, coef, bits)
+    gates = torch.tensor([0.0, 1.0, 0.0])
+    outputs = {"quantizer": create_quantizer("gaussian", bits)(w),
+               "mixture": gaussian_mixture(w, gates, (GAUSSIAN_COEFS[1], coef, GAUSSIAN_COEFS[4]),
+                                           (1, bits, 4)),
+               "reference": functional.gaussian_midrise(w, coef, bits)}
+    set_compiled(True, backend="aot_eager")
+    try:
+        outputs["compiled"] = create_quantizer("gaussian", bits)(w)
+    finally:
+        set_compiled(False)
+    for name, out in outputs.items():
+        assert torch.equal(out, want), name
+
+
 def _optimal_uniform_midrise_step(bits: int) -> float:
     """Minimum-MSE step of a 2^b-level mid-rise uniform quantizer on N(0, 1) (closed-form cell moments)."""
     from scipy import optimize
