@@ -37,10 +37,10 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     policy = BitPolicy.load(out / "policy.json")
     state = json.loads((out / "search" / "arch_state.json").read_text())
     assert policy.names == [layer["name"] for layer in state["layers"]]
-    for layer in state["layers"]:  # winner-take-all of eq. 18, weights and activations independently
+    for layer in state["layers"]:  # winner-take-all of eq. 18 on the alphas, weights and activations apart
         w, a = policy[layer["name"]]
-        assert w == layer["w_candidates"][max(range(4), key=layer["pi_w"].__getitem__)]
-        assert a == layer["a_candidates"][max(range(3), key=layer["pi_a"].__getitem__)]
+        assert w == layer["w_candidates"][max(range(4), key=layer["alpha_w"].__getitem__)]
+        assert a == layer["a_candidates"][max(range(3), key=layer["alpha_a"].__getitem__)]
     assert policy.meta["method"] == "edmips" and policy.meta["convention"] == "edmips"
     assert 1.0 <= policy.meta["avg_bits"] <= 4.0
 
