@@ -9,18 +9,21 @@ searchable layers ``l``, weight bit ``b_w`` and activation bit ``b_a``, one bina
                 fixed_bits + sum x * b_w * numel_l  <=  budget_size_bits  (model size, optional)
 
 ``s_w``/``s_a`` are the indicators (learned LSQ steps), MACs come from ``core.bops`` (``limpq``: true
-division, or ``exact``), ``fixed_bits`` are the non-searchable first conv and fc weights at 8 bits.
-Before solving, the *non-monotone rule* (official ``ERASE_WIRED_POINT``) sets an indicator to
-``penalty`` (1e8) where it is smaller than that of the next higher candidate bit, so the solver avoids
-it unless the budget forces it.
+division, ``limpq_int``: the official truncated counts, or ``exact``), ``fixed_bits`` are the
+non-searchable first conv and fc weights at 8 bits. Before solving, the *non-monotone rule* (official
+``ERASE_WIRED_POINT``) sets an indicator to ``penalty`` (1e8) where it is smaller than that of the next
+higher candidate bit, so the solver avoids it unless the budget forces it. The objective is then minimised
+exactly as penalty units first and the rest second (:func:`solve_lexicographic`): the official 1e8
+objective in exact arithmetic, which float64 cannot resolve next to forced penalties.
 
 Solvers (``solver=``), both exact:
 
 - ``"bnb"`` (default): mpq's branch and bound for this multiple-choice knapsack (``bnb.py``: LP multipliers,
   reduced-cost fixing, convex coverage bounds, dominance and symmetry cuts); ResNet-50 in about 50 ms.
-- ``"highs"``: the generic MILP ``scipy.optimize.milp`` (HiGHS) with ``mip_rel_gap=0`` (the default gap
-  of 1e-4 is far too loose once penalties of 1e8 are in the objective); also the fallback when the branch
-  and bound hits its node or time limit. PuLP/CBC (the official solver) is not a dependency of mpq.
+  Where forced penalties make the penalty units a third budget row, that stage goes to HiGHS.
+- ``"highs"``: the generic MILP ``scipy.optimize.milp`` (HiGHS) with ``mip_rel_gap=0`` and
+  ``mip_abs_gap=1e-9``; also the fallback when the branch and bound hits its node or time limit.
+  PuLP/CBC (the official solver) is not a dependency of mpq.
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ def solve_multiple_choice(cost: np.ndarray, resources: list[tuple[np.ndarray, fl
     two totals (:func:`papers.llt.bnb.solve_branch_and_bound`).
 
     ``"bnb"`` runs :func:`papers.llt.bnb.solve_branch_and_bound`; should it stop at ``max_nodes`` or
-    ``time_limit`` (never on the instances measured here), HiGHS solves the problem instead and the
+    ``time_limit`` (not on the instances of the tests), HiGHS solves the problem instead and the
     statistics say so.
     """
     if solver == "bnb":
