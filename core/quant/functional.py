@@ -146,7 +146,10 @@ def gaussian_step(std: torch.Tensor, coef: float, bits: int, dtype: torch.dtype
 
 
 def _midrise(w: torch.Tensor, std: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
-    step, bound = gaussian_step(std, coef, bits, w.dtype)
+    return _midrise_at(w, *gaussian_step(std, coef, bits, w.dtype))
+
+
+def _midrise_at(w: torch.Tensor, step: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     return torch.clamp((torch.round(w / step + 0.5) - 0.5) * step, -bound, bound)
 
 
@@ -238,21 +241,32 @@ def hwgq_mixture_backward(grad: torch.Tensor, x: torch.Tensor, gates: torch.Tens
     return grad * pass_through, (torch.stack(sums) if need_gates else None)
 
 
-def gaussian_mixture_forward(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[float, ...],
-                             bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum_i gates_i Q_i(w), std(w))`` (values only; ``bits_i >= 32``: the float weight)."""
+def gaussian_steps(w: torch.Tensor, coefs: tuple[float, ...], bits: tuple[int, ...]) -> torch.Tensor:
+    """``(candidates, 2)``: each candidate's step and clip bound (:func:`gaussian_step`) from ``std(w)``
+    (zeros for a float candidate, ``bits_i >= 32``). Its own kernel, so that the per-element loops of
+    :func:`gaussian_mixture_forward` / ``_backward`` read the few scalars instead of recomputing the float64
+    step inside the loop (inductor inlines scalar math into the vector loop; measured here: 20 % more
+    time per candidate in the backward)."""
     std = weight_std(w)
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    return torch.stack([torch.stack(gaussian_step(std, coef, b, w.dtype) if b < 32 else (zero, zero))
+                        for coef, b in zip(coefs, bits)])
+
+
+def gaussian_mixture_forward(w: torch.Tensor, gates: torch.Tensor, steps: torch.Tensor,
+                             bits: tuple[int, ...]) -> torch.Tensor:
+    """``sum_i gates_i Q_i(w)`` (values only; ``steps`` from :func:`gaussian_steps`; ``bits_i >= 32``: the
+    float weight)."""
     out = torch.zeros_like(w)
-    for i, (coef, b) in enumerate(zip(coefs, bits)):
-        out = out + gates[i] * (w if b >= 32 else _midrise(w, std, coef, b))
-    return out, std
+    for i, b in enumerate(bits):
+        out = out + gates[i] * (w if b >= 32 else _midrise_at(w, steps[i, 0], steps[i, 1]))
+    return out
 
 
-def gaussian_mixture_backward(grad: torch.Tensor, w: torch.Tensor, gates: torch.Tensor, std: torch.Tensor,
-                              coefs: tuple[float, ...], bits: tuple[int, ...]
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_mixture_backward(grad: torch.Tensor, w: torch.Tensor, gates: torch.Tensor, steps: torch.Tensor,
+                              bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad * sum_i gates_i, [sum(grad * Q_i(w))]_i)``: the gradients to ``w`` (every candidate's
     identity STE) and to the gates, in one pass over ``grad`` and ``w``."""
-    sums = torch.stack([(grad * (w if b >= 32 else _midrise(w, std, coef, b))).sum()
-                        for coef, b in zip(coefs, bits)])
+    sums = torch.stack([(grad * (w if b >= 32 else _midrise_at(w, steps[i, 0], steps[i, 1]))).sum()
+                        for i, b in enumerate(bits)])
     return grad * gates.sum(), sums

@@ -4,7 +4,8 @@
 ``c[l, i]`` and resource use ``a_k[l, i]`` for each budget ``k`` (scaled to a right-hand side of 1); pick one
 choice per layer, minimise ``sum_l c[l, x_l]`` subject to ``sum_l a_k[l, x_l] <= 1`` for every ``k``.
 
-The search is exact (optimal up to ``opt_tol``; budgets respected up to ``feas_tol``). It rests on one
+The search is exact (optimal up to ``opt_tol``; where any two totals differ by at least ``granularity``,
+only improvements of that size are looked for; budgets respected up to ``feas_tol``). It rests on one
 identity. With multipliers ``mu_k >= 0`` (from the LP relaxation), ``u_l = min_i (c + mu . a)[l, i]``, the
 reduced costs ``r = c + mu . a - u_l >= 0`` and ``lower = sum_l u_l - sum_k mu_k``, every choice vector
 ``x`` satisfies
