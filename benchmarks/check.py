@@ -3,45 +3,42 @@
 Status of a cell:
 
 - ``match``: mpq's value is within the cell's tolerance (``compare: le``: at most the bound).
-- ``MISMATCH``: it is not (the difference is shown). A cell with its own ``note`` stays a MISMATCH in
-  the report but does not fail the exit code: the note records the suspected erratum.
+- ``MISMATCH``: it is not (the difference is shown); fails the exit code, unless the cell's ``note``
+  predicts mpq's value: a noted cell carries ``predicted`` (the value the text should have printed, or
+  the recomputed value of a truncated or ambiguous print), and a MISMATCH whose value is within the
+  cell's tolerance of ``predicted`` is reported as explained by the note. A value that leaves the
+  prediction fails, note or not (also when it matches the printed value).
 - ``not run``: a trained / measured cell of an implemented row with no result yet (``needs`` says
   what a run takes: GPU, ImageNet, COCO, ...).
 - ``not implemented``: the paper, method or recomputer is not in this repository (the reason is shown).
-- ``ERROR``: a recomputer crashed (a bug; fails the exit code).
+- ``ERROR``: a recomputer crashed (a bug), or the row's recomputer is missing while a registered paper
+  failed to load (a broken plugin); fails the exit code.
 
-Trained / measured cells are compared with ``results.json`` files found (recursively) under
-``--results``: a file reproduces a row when its ``table_row`` / ``row`` (or ``table_rows`` list) is
-the row's full id ``<paper>/<table>/<row>`` or the id the row's config declares (its ``row`` or
-``table_row`` key, which the paper's trainer copies into results.json), or when its ``config`` (a
-path) ends with the row's ``config`` path.
-Metrics are read from the top level or from a ``metrics`` mapping (``top1``, ``top5``, ``map``,
-``tau``, ...; accuracies in percent). Several matching files (seeds) are averaged.
+Trained / measured cells are compared with the ``results.json`` files found (recursively) under
+``--results``, each read and validated as a :class:`core.results.RunResult` (a malformed one is an
+error naming the file). A file reproduces a row when its ``table_row`` is the row's full id
+``<paper>/<table>/<row>`` or the ``table_row`` the row's config declares (the paper's trainer copies it
+into results.json). The cell's metric is read from the record's ``metrics`` (``top1``, ``top5``, ``map``,
+...; accuracies in percent). Several matching files (seeds) are averaged.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.recompute import (
-    REPO_ROOT,
-    RecomputeContext,
-    RecomputeUnavailable,
-    default_reference_dirs,
-    load_recomputers,
-)
+from benchmarks.recompute import REPO_ROOT, RecomputeContext, RecomputeUnavailable, default_reference_dirs
+from benchmarks.recomputers import load_recomputers
 from benchmarks.schema import Cell, Row, Table, TableFile, load_tables
 from core.errors import DataError, MpqError
+from core.results import RunResult
+from core.results import load_results as load_result
 
 MATCH, MISMATCH, NOT_RUN, NOT_IMPLEMENTED, ERROR = "match", "MISMATCH", "not run", "not implemented", "ERROR"
 STATUSES = (MATCH, MISMATCH, NOT_RUN, NOT_IMPLEMENTED, ERROR)
-_METRIC_ALIASES = {"map": ("map", "mAP", "bbox_mAP", "coco/bbox_mAP"), "top1": ("top1", "acc1", "top1_acc"),
-                   "top5": ("top5", "acc5", "top5_acc")}
 
 
 @dataclass
@@ -51,14 +48,16 @@ class CellResult:
     status: str
     mpq: Any = None
     detail: str = ""
+    as_predicted: bool | None = None  # mpq's value vs the note's ``predicted`` (None: nothing compared)
 
     @property
     def explained(self) -> bool:
-        """A MISMATCH whose cell carries a note (a documented suspicion about the printed value).
+        """A MISMATCH with the printed value where mpq gives the value the cell's note predicts.
 
-        Only a cell's own note explains its mismatch: a row's note is context (it may be about another cell).
+        Only a cell's own note (with its ``predicted`` value) explains its mismatch: a row's note is
+        context (it may be about another cell).
         """
-        return self.status == MISMATCH and bool(self.cell.note)
+        return self.status == MISMATCH and self.as_predicted is True
 
 
 @dataclass
@@ -72,6 +71,7 @@ class TableResult:
 class CheckReport:
     tables: list[TableResult]
     results_files: list[Path] = field(default_factory=list)
+    broken_papers: dict[str, str] = field(default_factory=dict)  # registered but failed to load
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATUSES}
@@ -88,70 +88,45 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 0
+        return 1 if self.failures or self.broken_papers else 0
 
 
 # ----------------------------------------------------------------------------- results.json
-def load_results(root: str | Path | None) -> list[tuple[Path, dict]]:
-    """Every ``results.json`` under ``root`` (recursively); a malformed file raises DataError."""
+def load_results(root: str | Path | None) -> list[tuple[Path, RunResult]]:
+    """Every ``results.json`` under ``root`` (recursively), validated; a malformed file raises DataError.
+    Those of older runs a run directory set aside (``run.resume=none`` moves them to ``.previous/``) are
+    not results of the run that owns the directory, and are skipped."""
+    from core.engine.rundir import PREVIOUS_DIR
+
     if root is None:
         return []
     root = Path(root)
     if not root.exists():
         raise DataError(f"results directory {root} does not exist; "
                         "pass --results DIR holding results.json files")
-    paths = [root] if root.is_file() else sorted(root.rglob("results.json"))
-    out = []
-    for p in paths:
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{p}: not a readable JSON file ({exc}); fix or remove it") from exc
-        if not isinstance(data, dict):
-            raise DataError(f"{p}: expected a JSON object, got {type(data).__name__}")
-        out.append((p, data))
-    return out
-
-
-def _result_metric(data: dict, metric: str) -> float | None:
-    pools = [data] + ([data["metrics"]] if isinstance(data.get("metrics"), dict) else [])
-    for pool in pools:
-        for key in _METRIC_ALIASES.get(metric, (metric,)):
-            value = pool.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-    return None
-
-
-def _result_ids(data: dict) -> set[str]:
-    ids = list(data.get("table_rows") or [])
-    ids += [data[k] for k in ("table_row", "row") if isinstance(data.get(k), str)]
-    return {i for i in ids if isinstance(i, str)}
+    paths = [root] if root.is_file() else sorted(
+        p for p in root.rglob("results.json") if PREVIOUS_DIR not in p.relative_to(root).parts)
+    return [(p, load_result(p)) for p in paths]
 
 
 def config_row_id(config: str | None) -> str | None:
-    """The row id a paper config declares for its runs (its ``row`` or ``table_row`` key), if any."""
-    from benchmarks.recomputers import load_yaml_with_base
+    """The ``table_row`` a paper config declares for its runs, if any."""
+    from core.config import read_yaml
 
     path = REPO_ROOT / config if config else None
     if path is None or not path.is_file():
         return None
     try:
-        data = load_yaml_with_base(path)
-    except Exception:  # noqa: BLE001 - an unreadable config just declares no id
+        data = read_yaml(path)
+    except MpqError:  # an unreadable config just declares no id
         return None
-    rid = data.get("row") or data.get("table_row")
+    rid = data.get("table_row")
     return rid if isinstance(rid, str) else None
 
 
-def _reproduces(data: dict, key: str, row: Row, config_id: str | None) -> bool:
-    """A results.json reproduces a row when it names the row's id (ours, or the one its config declares)
-    or was produced from the row's config (``config`` path)."""
-    ids = _result_ids(data)
-    if key in ids or (config_id is not None and config_id in ids):
-        return True
-    cfg = data.get("config")
-    return bool(row.config and isinstance(cfg, str) and cfg.replace("\\", "/").endswith(row.config))
+def _reproduces(result: RunResult, key: str, config_id: str | None) -> bool:
+    """A results.json reproduces a row when its ``table_row`` is the row's id or its config's."""
+    return result.table_row is not None and result.table_row in (key, config_id)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -177,14 +152,37 @@ def compare(cell: Cell, value: Any) -> tuple[bool, str]:
     return abs(d) <= cell.tolerance, f"{d:+.6g}"
 
 
+def judge(row: Row, cell: Cell, value: Any, detail: str = "") -> CellResult:
+    """The status of ``value`` (mpq's) against the printed value and, for a noted cell, its prediction."""
+    ok, diff = compare(cell, value)
+    status, why = (MATCH, "") if ok else (MISMATCH, diff)
+    if cell.predicted is None:
+        return CellResult(row, cell, status, value, _join(why, detail))
+    as_predicted, pdiff = compare(replace(cell, value=cell.predicted), value)
+    if as_predicted:
+        return CellResult(row, cell, status, value, _join(why, detail), True)
+    why = f"leaves the value its note predicts ({_short(cell.predicted)}): {pdiff}"
+    return CellResult(row, cell, MISMATCH, value, _join(why, detail), False)
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{','.join(str(v) for v in value[:6])}{',...' if len(value) > 6 else ''}]"
+    return f"{value:.6g}"
+
+
 class Checker:
     """Runs the check over loaded table files (recomputers are discovered once)."""
 
-    def __init__(self, results: list[tuple[Path, dict]] | None = None,
+    def __init__(self, results: list[tuple[Path, RunResult]] | None = None,
                  reference_dirs: list[Path] | None = None) -> None:
         self.results = results or []
         self.reference_dirs = reference_dirs if reference_dirs is not None else default_reference_dirs()
-        self.recomputers = load_recomputers()
+        self.recomputers, self.broken_papers = load_recomputers()
         self.cache: dict[Any, Any] = {}
 
     def run(self, files: list[TableFile]) -> CheckReport:
@@ -195,14 +193,17 @@ class Checker:
                 for row in t.rows:
                     tr.cells.extend(self.check_row(f, t, row))
                 tables.append(tr)
-        return CheckReport(tables, [p for p, _ in self.results])
+        return CheckReport(tables, [p for p, _ in self.results], dict(self.broken_papers))
 
     def _recompute(self, f: TableFile, t: Table, row: Row) -> tuple[dict | None, str | None, str]:
         """(values, status if unavailable/error, detail)."""
         spec = row.recompute or {}
         fn = self.recomputers.get(spec.get("name"))
         if fn is None:
-            return None, NOT_IMPLEMENTED, f"no recomputer {spec.get('name')!r} registered"
+            why = f"no recomputer {spec.get('name')!r} registered"
+            if self.broken_papers:  # a broken plugin must not pass as "not implemented"
+                return None, ERROR, f"{why}; paper(s) failed to load: {self.broken_papers}"
+            return None, NOT_IMPLEMENTED, why
         ctx = RecomputeContext(row, t, f, self.reference_dirs, self.cache)
         try:
             return fn(ctx, **spec.get("args", {})), None, ""
@@ -224,7 +225,7 @@ class Checker:
         if any(c.kind == "deterministic" for c in row.cells) and row.recompute is not None:
             recomputed, status_if_none, why = self._recompute(f, t, row)
         config_id = config_row_id(row.config) if self.results and row.config else None
-        runs = [d for _, d in self.results if _reproduces(d, key, row, config_id)]
+        runs = [r for _, r in self.results if _reproduces(r, key, config_id)]
         for cell in row.cells:
             if cell.kind == "deterministic":
                 out.append(self._deterministic(row, cell, recomputed, status_if_none, why))
@@ -236,26 +237,21 @@ class Checker:
                        why: str) -> CellResult:
         if row.recompute is None:
             who = f"{row.method} not in mpq" if row.method else "no recomputer (paper not in mpq)"
-            return CellResult(row, cell, NOT_IMPLEMENTED, detail=who)
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=row.missing or who)
         if values is None:
             return CellResult(row, cell, status or NOT_IMPLEMENTED, detail=why)
         if cell.metric not in values:
             return CellResult(row, cell, NOT_IMPLEMENTED,
                               detail=f"recomputer {row.recompute['name']!r} gives no {cell.metric!r}")
-        ok, diff = compare(cell, values[cell.metric])
-        return CellResult(row, cell, MATCH if ok else MISMATCH, values[cell.metric], "" if ok else diff)
+        return judge(row, cell, values[cell.metric])
 
-    def _trained(self, row: Row, cell: Cell, runs: list[dict]) -> CellResult:
-        got = [v for v in (_result_metric(d, cell.metric) for d in runs) if v is not None]
+    def _trained(self, row: Row, cell: Cell, runs: list[RunResult]) -> CellResult:
+        got = [r.metrics[cell.metric] for r in runs if cell.metric in r.metrics]
         if got:
-            mean = sum(got) / len(got)
-            ok, diff = compare(cell, mean)
-            detail = f"mean of {len(got)} runs" if len(got) > 1 else ""
-            if not ok:
-                detail = f"{diff}" + (f", {detail}" if detail else "")
-            return CellResult(row, cell, MATCH if ok else MISMATCH, mean, detail)
+            return judge(row, cell, sum(got) / len(got), f"mean of {len(got)} runs" if len(got) > 1 else "")
         if not row.implemented:
-            return CellResult(row, cell, NOT_IMPLEMENTED, detail=f"{row.method or 'method'} not in mpq")
+            who = f"{row.method or 'method'} not in mpq"
+            return CellResult(row, cell, NOT_IMPLEMENTED, detail=row.missing or who)
         if row.config and not (REPO_ROOT / row.config).is_file():
             return CellResult(row, cell, NOT_IMPLEMENTED, detail=f"config {row.config} not found")
         needs = ", ".join(row.needs) if row.needs else "a run"
@@ -273,4 +269,4 @@ def run_check(results_dir: str | Path | None = None, paper: str | None = None,
 
 
 __all__ = ["CellResult", "TableResult", "CheckReport", "Checker", "run_check", "load_results", "compare",
-           "STATUSES", "MATCH", "MISMATCH", "NOT_RUN", "NOT_IMPLEMENTED", "ERROR"]
+           "judge", "STATUSES", "MATCH", "MISMATCH", "NOT_RUN", "NOT_IMPLEMENTED", "ERROR"]

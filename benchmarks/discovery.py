@@ -1,75 +1,71 @@
-"""How the harness finds papers: only through the ``mpq.methods`` entry-point group.
+"""How the harness finds papers: only through :func:`core.paper.discover_papers` (``mpq.papers``).
 
-A paper joins by declaring ``<name> = "papers.<name>.bench:METHOD"`` under ``mpq.methods`` in
-pyproject.toml. Besides ``METHOD`` (a :class:`core.method.SearchMethod`), the same module may define:
-
-- ``RECOMPUTERS``: ``{name: fn(ctx, **args) -> {metric: value}}`` for ``mpq bench check``;
-- ``PERF``: ``{group: fn(smoke: bool) -> list[Measurement-like dict]}`` for ``mpq bench perf``.
-
-Nothing here names a paper.
+Each registered :class:`core.paper.Paper` contributes its search methods (``mpq bench run``), its
+recomputers (``mpq bench check``) and its perf groups (``mpq bench perf``). A paper or a part that
+fails to load is reported with the reason, keyed by what failed (the paper's entry point, or the
+method's reference), so the commands can fail naming it. Nothing here names a paper.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
-GROUP = "mpq.methods"
-
-
-@dataclass
-class Discovered:
-    """One entry point: its name, its bench module (or None) and why it failed to load (or None)."""
-
-    name: str
-    value: str
-    module: Any | None
-    error: str | None
-
-
-def discover() -> list[Discovered]:
-    """Every ``mpq.methods`` entry point, sorted by name; import errors are kept, not raised."""
-    found = []
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        try:
-            module = importlib.import_module(ep.module)
-            found.append(Discovered(ep.name, ep.value, module, None))
-        except Exception as exc:  # noqa: BLE001 - a broken paper must not break the harness
-            found.append(Discovered(ep.name, ep.value, None, f"{type(exc).__name__}: {exc}"))
-    return found
+from core.paper import discover_papers, load_method
 
 
 def load_methods(names: list[str] | None = None) -> tuple[list[Any], dict[str, str]]:
-    """The registered :class:`SearchMethod` objects, and ``{name: why unavailable}`` for the others.
+    """The registered :class:`core.method.SearchMethod` objects, and ``{what: why unavailable}``.
 
-    ``names`` keeps only those entry points (an unknown name is reported as unavailable).
+    ``names`` keeps only those methods (an unknown name is reported as unavailable, listing the known
+    ones). Without ``names`` every paper that failed to load and every method that failed to import is
+    reported; with ``names`` only failures that could hide one of the requested methods are.
     """
-    from core.method import SearchMethod
-
-    methods, unavailable = [], {}
-    by_name = {d.name: d for d in discover()}
-    for name in names or sorted(by_name):
-        d = by_name.get(name)
-        if d is None:
-            unavailable[name] = f"no entry point {name!r} in group {GROUP} (known: {sorted(by_name)})"
+    methods: dict[str, Any] = {}
+    broken: dict[str, str] = {}
+    for entry in discover_papers():
+        if entry.paper is None:
+            broken[f"paper {entry.name} ({entry.value})"] = entry.error or "failed to load"
             continue
-        if d.module is None:
-            unavailable[name] = d.error or "import failed"
-            continue
-        attr = d.value.split(":", 1)[1] if ":" in d.value else "METHOD"
-        method = getattr(d.module, attr, None)
-        if not isinstance(method, SearchMethod):
-            unavailable[name] = f"{d.value} is not a core.method.SearchMethod"
-            continue
-        methods.append(method)
-    return methods, unavailable
+        for ref in entry.paper.methods:
+            try:
+                method = load_method(ref)
+            except Exception as exc:  # noqa: BLE001 - a broken method is reported, not fatal
+                broken[f"method {ref} (paper {entry.name})"] = f"{type(exc).__name__}: {exc}"
+                continue
+            if method.name in methods:
+                broken[f"method {ref} (paper {entry.name})"] = (
+                    f"a method named {method.name!r} is already registered by {methods[method.name].paper}")
+                continue
+            methods[method.name] = method
+    if not names:
+        return [methods[n] for n in sorted(methods)], broken
+    unknown = {n: f"no registered method {n!r} (known: {sorted(methods)})" for n in names if n not in methods}
+    return [methods[n] for n in names if n in methods], {**unknown, **(broken if unknown else {})}
 
 
-def paper_attribute(attr: str) -> Iterator[tuple[str, Any]]:
-    """``(entry-point name, value)`` for each paper bench module that defines ``attr``."""
-    for d in discover():
-        if d.module is not None and hasattr(d.module, attr):
-            yield d.name, getattr(d.module, attr)
+def load_recomputers() -> tuple[dict[str, Any], dict[str, str]]:
+    """``({name: fn}, {paper: why unavailable})`` over every registered paper."""
+    found: dict[str, Any] = {}
+    broken: dict[str, str] = {}
+    for entry in discover_papers():
+        try:
+            if entry.paper is None:
+                raise RuntimeError(entry.error)
+            found.update(entry.paper.load_recomputers())
+        except Exception as exc:  # noqa: BLE001
+            broken[entry.name] = str(exc) if entry.paper is None else f"{type(exc).__name__}: {exc}"
+    return found, broken
+
+
+def load_perf_groups() -> dict[str, Any]:
+    """``{group: fn(smoke) -> list[dict]}`` of every paper, or ``{paper: "unavailable: why"}``."""
+    groups: dict[str, Any] = {}
+    for entry in discover_papers():
+        try:
+            if entry.paper is None:
+                raise RuntimeError(entry.error)
+            groups.update(entry.paper.load_perf())
+        except Exception as exc:  # noqa: BLE001
+            why = str(exc) if entry.paper is None else f"{type(exc).__name__}: {exc}"
+            groups[entry.name] = f"unavailable: {why}"
+    return groups

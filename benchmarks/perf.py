@@ -9,11 +9,19 @@ its absolute value, its baseline's and the ratio. Groups:
   (``lsq_fake_quant_native``) and the native op, and the share of elements where the paper's gradient
   (the default) differs from the native op's.
 - ``bops``: ``core.bops.count`` on ResNet-50 vs one plain forward pass of the same model.
+- ``counting``: ``core.bops.count`` on ResNet-50 (its op-by-op audit included) vs fvcore's
+  ``FlopCountAnalysis`` and vs ``torch.utils.flop_counter.FlopCounterMode`` around a real and a
+  meta forward; each ratio is the other tool's time over ``count``'s (above 1: ``count`` is
+  faster), and the MACs of each tool minus ``count``'s are reported too (0: they agree). Without
+  fvcore (``pip install -e .[bench]``) its rows say so and the others still run.
 - ``data``: ImageNet-folder loading (core.data, fixture JPEGs written to a temp dir) vs decoding the
   same files with PIL alone.
-- paper groups: every paper whose bench module (or its sibling ``perf`` module) defines
-  ``PERF = {group: fn(smoke: bool) -> list[dict]}``, found through the ``mpq.methods`` entry points.
-  Each dict has the JSON keys below; a group that cannot run prints ``unavailable: <why>``.
+- paper groups: every registered paper's ``perf`` mapping ``{group: fn(smoke: bool) -> list[dict]}``
+  (:class:`core.paper.Paper`). Each dict has the JSON keys below; a group that cannot run, or a paper
+  that failed to load, prints ``unavailable: <why>``.
+
+- ``export``: ONNX QDQ export of a ResNet-18 at a mixed LSQ policy (first call and median) vs exporting it
+  in float, and the packed file size / float32 against the physical limit (needs ``mpq[export]``).
 
 ``--json FILE`` writes a list of ``{name, value, unit, baseline, baseline_value, ratio}``.
 """
@@ -21,7 +29,6 @@ its absolute value, its baseline's and the ratio. Groups:
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import statistics
@@ -33,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.discovery import discover
+from benchmarks.discovery import load_perf_groups
 from benchmarks.report import write_atomic
 from core.errors import ConfigError
 
@@ -152,6 +159,65 @@ def group_bops(smoke: bool, repeats: int) -> list[Measurement]:
             _vs(f"core.bops.count {name}", t_count, "s", f"{name} forward (batch 1)", t_fwd)]
 
 
+# ----------------------------------------------------------------------------- counting
+def group_counting(smoke: bool, repeats: int) -> list[Measurement]:
+    import copy
+    import logging
+    import warnings
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core.bops import count
+    from core.models import build_model
+
+    name, size = ("resnet20", (3, 32, 32)) if smoke else ("resnet50", (3, 224, 224))
+    model = build_model(name, num_classes=10 if smoke else 1000).eval()
+    meta_model = copy.deepcopy(model).to("meta")
+    x = torch.randn(1, *size)
+    macs = count(model, size).macs
+
+    def flop_counter(net: torch.nn.Module, device: str) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x.to(device))
+        return counter.get_total_flops() // 2
+
+    base = f"core.bops.count {name} (audited)"
+    t_count = median_time(lambda: count(model, size), repeats)
+    out = [Measurement(base, t_count, "s")]
+    for label, net, device in (("real", model, "cpu"), ("meta", meta_model, "meta")):
+        t = median_time(lambda net=net, device=device: flop_counter(net, device), repeats)
+        out.append(_vs(f"FlopCounterMode {name} ({label} forward)", t, "s", base, t_count))
+    out.append(Measurement("FlopCounterMode MACs (FLOPs / 2) minus count's",
+                           flop_counter(model, "cpu") - macs, "MACs"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore scripts a helper with the deprecated torch.jit.script
+            from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        out.append(Measurement("fvcore FlopCountAnalysis: skipped (fvcore not installed; "
+                               "pip install -e .[bench])", float("nan"), "s"))
+        return out
+
+    def fvcore() -> dict[str, int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jit tracer warnings
+            analysis = FlopCountAnalysis(model, x)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            return analysis.by_operator()
+
+    logging.disable(logging.WARNING)  # fvcore logs every op it skips (batch norm, pooling, ...)
+    try:
+        t_fvcore = median_time(fvcore, repeats)
+        by_op = fvcore()
+    finally:
+        logging.disable(logging.NOTSET)
+    out.append(_vs(f"fvcore FlopCountAnalysis {name}", t_fvcore, "s", base, t_count))
+    out.append(Measurement("fvcore conv + linear MACs minus count's",
+                           by_op.get("conv", 0) + by_op.get("linear", 0) - macs, "MACs"))
+    return out
+
+
 # ----------------------------------------------------------------------------- data
 def _fixtures():
     path = REPO_ROOT / "tests" / "fixtures.py"
@@ -193,33 +259,55 @@ def group_data(smoke: bool, repeats: int) -> list[Measurement]:
                 "PIL decode only (images/s)", n / t_decode)]
 
 
+# ----------------------------------------------------------------------------- export
+def group_export(smoke: bool, repeats: int) -> list[Measurement]:
+    """``core.export``: QDQ export time of a ResNet-18 at a mixed LSQ policy (first conv W8, fc W8A8) vs
+    exporting the same model in float, and the packed file size vs float32 and its physical limit."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise Unavailable("onnx is not installed (pip install 'mpq[export]')") from None
+    from core.export import export_onnx
+    from core.export.report import size_report
+    from core.models import build_model
+    from core.nn import QuantSpec, quantize_model
+    from core.policy import BitPolicy
+
+    name, size, classes = ("resnet20", (3, 32, 32), 10) if smoke else ("resnet18", (3, 224, 224), 1000)
+    model = build_model(name, num_classes=classes)
+    names = quantize_model(model, QuantSpec(kind="fixed", first="w8", last="w8a8"))
+    bits = [2, 3, 4, 5, 6, 8]
+    BitPolicy({n: (bits[i % 6], bits[(i + 3) % 6]) for i, n in enumerate(names)}).apply(model)
+    example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(example)  # LSQ steps initialise from this batch
+    model.eval()
+    start = time.perf_counter()
+    result = export_onnx(model, example)
+    first = time.perf_counter() - start
+    t_qdq = median_time(lambda: export_onnx(model, example), repeats, warmup=0)
+    float_model = export_onnx(model, example, quantized=False).model
+    t_float = median_time(lambda: export_onnx(model, example, quantized=False), repeats, warmup=0)
+    sizes = size_report(model, result, float_model.ByteSize())
+    threads = torch.get_num_threads()
+    return [Measurement(f"export {name} QDQ, first call ({threads} threads)", first, "s"),
+            _vs(f"export {name} QDQ", t_qdq, "s", f"export {name} float (same exporter)", t_float),
+            Measurement("weights: physical limit sum b|W| / (32 sum|W|)", sizes.weight_limit, "ratio"),
+            _vs("file: packed / float32", sizes.ratio, "ratio",
+                "file limit (weights at b bits; scales, BN, graph as exported)", sizes.file_limit),
+            Measurement(f"file sizes: packed {sizes.packed_bytes / 1e6:.2f} MB, 8-bit containers "
+                        f"{sizes.int8_bytes / 1e6:.2f} MB, float32 {sizes.float_bytes / 1e6:.2f} MB",
+                        sizes.packed_bytes / 1e6, "MB")]
+
+
 BUILTIN: dict[str, Callable[[bool, int], list[Measurement]]] = {
-    "fakequant": group_fakequant, "bops": group_bops, "data": group_data}
+    "fakequant": group_fakequant, "bops": group_bops, "counting": group_counting, "data": group_data,
+    "export": group_export}
 
 
 def paper_groups() -> dict[str, Callable[[bool, int], list[Measurement]] | str]:
-    """``PERF`` groups of the papers (bench module, else its sibling ``perf`` module); str = why not."""
-    groups: dict[str, Callable | str] = {}
-    for d in discover():
-        if d.module is None:
-            groups[d.name] = f"unavailable: {d.error}"
-            continue
-        perf = getattr(d.module, "PERF", None)
-        if perf is None:
-            sibling = d.module.__name__.rsplit(".", 1)[0] + ".perf"
-            try:
-                perf = getattr(importlib.import_module(sibling), "PERF", None)
-            except ImportError as exc:
-                groups[d.name] = (f"unavailable: no PERF in {d.module.__name__} and {sibling} "
-                                  f"not importable ({exc})")
-                continue
-        if not isinstance(perf, dict):
-            groups[d.name] = (f"unavailable: neither {d.module.__name__} nor its perf module "
-                              "defines PERF = {group: fn(smoke) -> list[dict]}")
-            continue
-        for group, fn in perf.items():
-            groups[group] = _wrap_paper(fn)
-    return groups
+    """The registered papers' perf groups (``Paper.perf``); a str value says why a paper has none."""
+    return {name: fn if isinstance(fn, str) else _wrap_paper(fn) for name, fn in load_perf_groups().items()}
 
 
 def _wrap_paper(fn: Callable) -> Callable[[bool, int], list[Measurement]]:
@@ -278,6 +366,9 @@ def render_table(results: list[Measurement]) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """Exit 1 when a registered paper's perf groups failed to load (a broken plugin is never silent)."""
+    broken = [name for name, fn in paper_groups().items()
+              if isinstance(fn, str) and args.only in (None, name)]
     results = run_perf(args.only, args.smoke, args.repeats)
     print(render_table(results))
     if args.json:
@@ -285,4 +376,6 @@ def run_from_args(args: argparse.Namespace) -> int:
                 for m in results]
         write_atomic(args.json, json.dumps(data, indent=1))
         print(f"written {args.json}")
-    return 0
+    for name in broken:
+        print(f"ERROR: paper {name!r}: its perf groups are unavailable (see `mpq papers`)")
+    return 1 if broken else 0

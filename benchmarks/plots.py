@@ -24,7 +24,8 @@ def _save(fig, path: Path) -> None:
 def plot_pareto(summary: list[dict], path: str | Path) -> None:
     """Top-1 (mean +- std over seeds) against BOPs of the searchable layers, one series per method.
 
-    Uniform baselines form one series; the float model is a horizontal reference line.
+    Uniform baselines and the ``random`` control form one series each; the float model is a horizontal
+    reference line. A point whose search did not converge (not ranked in the report) is drawn hollow.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     uniform = sorted((r for r in summary if r["method"].startswith("uniform")), key=lambda r: r["bops"])
@@ -38,15 +39,24 @@ def plot_pareto(summary: list[dict], path: str | Path) -> None:
     for r in summary:
         if r["method"].startswith("float"):
             ax.axhline(r["top1"], color="black", lw=0.8, ls=":", label=f"float {r['top1']:.1f}%")
+    rand = sorted((r for r in summary if r["kind"] == "control"), key=lambda r: r["bops"])
+    if rand:
+        ax.errorbar([r["bops"] for r in rand], [r["top1"] for r in rand], yerr=[r["top1_std"] for r in rand],
+                    fmt="x:", color="black", capsize=3, label="random (control)")
     methods = sorted({r["method"] for r in summary if r["kind"] == "method"})
     markers = "o^vD<>p*h"
     for i, m in enumerate(methods):
         rs = sorted((r for r in summary if r["method"] == m), key=lambda r: r["bops"])
-        ax.errorbar([r["bops"] for r in rs], [r["top1"] for r in rs], yerr=[r["top1_std"] for r in rs],
-                    fmt=markers[i % len(markers)] + "-", capsize=3, label=m)
+        line = ax.errorbar([r["bops"] for r in rs], [r["top1"] for r in rs], yerr=[r["top1_std"] for r in rs],
+                           fmt=markers[i % len(markers)] + "-", capsize=3, label=m)
+        hollow = [r for r in rs if not r.get("converged", True)]
+        if hollow:
+            ax.plot([r["bops"] for r in hollow], [r["top1"] for r in hollow], markers[i % len(markers)],
+                    markersize=9, markerfacecolor="white", color=line.lines[0].get_color())
     ax.set_xlabel("BOPs of the searchable layers (MACs x w_bits x a_bits)")
     ax.set_ylabel("val top-1 (%), mean +- std over seeds")
-    ax.set_title("Accuracy vs BOPs: every method, same network, budgets and recipe")
+    ax.set_title("Accuracy vs BOPs: every method, same network, budgets and recipe\n"
+                 "(hollow: search not converged)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, Path(path))

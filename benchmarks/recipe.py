@@ -7,10 +7,15 @@ schedule, epochs, batch size and seed handling below are the same for every meth
 baselines and for the float reference. Every network is trained from that initialisation (as EdMIPS
 trains its final models from scratch): on the small benchmark data this separates bit-widths by
 several points, where fine-tuning a converged float model leaves them within noise.
+
+Runs are paired by seed: :func:`train_policy` fingerprints the float initialisation it starts from and the
+training data it sees in the first epoch (order included), and the suite checks that every run of one seed
+has the same two fingerprints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -49,16 +54,22 @@ def _loader(dataset: Dataset, batch_size: int, seed: int, train: bool) -> DataLo
 
 
 def train_epochs(model: nn.Module, train_set: Dataset, epochs: int, lr: float, recipe: Recipe, seed: int,
-                 device: torch.device | str) -> None:
-    """SGD (momentum, weight decay) with a per-step cosine schedule, cross-entropy loss."""
+                 device: torch.device | str) -> str:
+    """SGD (momentum, weight decay) with a per-step cosine schedule, cross-entropy loss. Returns a hash
+    of the first epoch's batches, in order (targets and the first 16 values of every image: enough to
+    tell two orders or two augmentations apart at no cost, even on ImageNet)."""
+    order = hashlib.sha256()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     loader = _loader(train_set, recipe.batch_size, seed, train=True)
     total = max(1, epochs * len(loader))
     step = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for images, targets in loader:
+            if epoch == 0:
+                order.update(images.reshape(len(images), -1)[:, :16].contiguous().numpy().tobytes())
+                order.update(targets.numpy().tobytes())
             for group in opt.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
             images, targets = images.to(device), targets.to(device)
@@ -67,6 +78,7 @@ def train_epochs(model: nn.Module, train_set: Dataset, epochs: int, lr: float, r
             loss.backward()
             opt.step()
             step += 1
+    return order.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -101,7 +113,7 @@ def quantized_model(build: Callable[[], nn.Module], policy: BitPolicy | None, re
     model = build()
     if policy is None:
         return model
-    spec = QuantSpec(mode="fixed", w_quant=recipe.quantizer, a_quant=recipe.quantizer, first="float",
+    spec = QuantSpec(kind="fixed", w_quant=recipe.quantizer, a_quant=recipe.quantizer, first="float",
                      last="float")
     names = quantize_model(model, spec)
     missing = [n for n in names if n not in policy]
@@ -112,12 +124,33 @@ def quantized_model(build: Callable[[], nn.Module], policy: BitPolicy | None, re
     return model
 
 
+def state_hash(model: nn.Module) -> str:
+    """A short hash of a model's state (parameters and buffers, by name)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    """One trained network: val top-1 (%), seconds, and the fingerprints that pair runs by seed."""
+
+    top1: float
+    seconds: float  # wall time
+    cpu_seconds: float  # this process's CPU time (robust to other load on the machine)
+    init_hash: str  # the float initialisation ``build()`` returned
+    order_hash: str  # the first epoch's training batches, in order
+
+
 def train_policy(build: Callable[[], nn.Module], policy: BitPolicy | None, train_set: Dataset,
-                 val_set: Dataset, recipe: Recipe, seed: int,
-                 device: torch.device | str) -> tuple[float, float]:
-    """(val top-1 after training ``policy`` (None: float) with the shared recipe, seconds)."""
+                 val_set: Dataset, recipe: Recipe, seed: int, device: torch.device | str) -> TrainResult:
+    """Train ``policy`` (None: float) with the shared recipe from ``build``'s initialisation; evaluate."""
     seed_everything(seed)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
+    init_hash = state_hash(build())
     model = quantized_model(build, policy, recipe)
-    train_epochs(model, train_set, recipe.epochs, recipe.lr, recipe, seed, device)
-    return val_top1(model, val_set, device), time.perf_counter() - start
+    order_hash = train_epochs(model, train_set, recipe.epochs, recipe.lr, recipe, seed, device)
+    top1 = val_top1(model, val_set, device)
+    return TrainResult(top1, time.perf_counter() - start, time.process_time() - cpu, init_hash, order_hash)

@@ -5,10 +5,11 @@ A table row names its recomputer (``recompute: {name: ..., args: {...}}``); the 
 A recomputer that cannot run here (a paper package or a reference file is missing) raises
 :class:`RecomputeUnavailable`; the checker then reports its cells as ``not implemented`` with the reason.
 
-Built-in recomputers live in :mod:`benchmarks.recomputers`. A paper adds its own without editing the
-harness: its ``papers/<name>/bench.py`` (the module of its ``mpq.methods`` entry point) may define
-``RECOMPUTERS = {"name": fn, ...}``; :func:`load_recomputers` merges them (a paper's entry wins over
-a built-in of the same name).
+This module is the protocol (context, registry, exception); the built-in recomputers live in
+:mod:`benchmarks.recomputers`, whose :func:`~benchmarks.recomputers.load_recomputers` returns them merged
+with the papers' own. A paper adds its own without editing the harness: its :class:`core.paper.Paper`
+names a ``{"name": fn, ...}`` mapping (``recomputers=``; a paper's entry wins over a built-in of the same
+name).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.discovery import paper_attribute
 from benchmarks.schema import Row, Table, TableFile
 from core.errors import ConfigError
 
@@ -85,14 +85,3 @@ def default_reference_dirs(extra: list[str | Path] | None = None) -> list[Path]:
         dirs.append(Path(os.environ["MPQ_REFERENCE_DIR"]))
     dirs.append(REPO_ROOT.parent / "shared" / "reference")
     return dirs
-
-
-def load_recomputers() -> dict[str, Recomputer]:
-    """Built-ins plus every paper's ``RECOMPUTERS`` (discovered through the ``mpq.methods`` entry points)."""
-    import benchmarks.recomputers  # noqa: F401  (registers the built-ins)
-
-    merged = dict(RECOMPUTERS)
-    for _paper, extra in paper_attribute("RECOMPUTERS"):
-        if isinstance(extra, dict):
-            merged.update(extra)
-    return merged

@@ -1,23 +1,35 @@
 """Built-in recomputers: params / MACs / BOPs / average bits / sizes / policies with mpq's own code.
 
 Each takes the :class:`~benchmarks.recompute.RecomputeContext` and the row's ``recompute.args`` and
-returns ``{metric: value}``. Counting always goes through :func:`core.bops.count` under the named
-convention; the *searchable* layers of a model are those the convention keeps inside the budget
-(first conv and last linear out for edmips / limpq / bpnas / basq), in module order.
+returns ``{metric: value}``; :func:`load_recomputers` returns them merged with the papers' own. Counting
+always goes through :func:`core.bops.count` under the named convention; the *searchable* layers of a
+model are those the convention keeps inside the budget (first conv and last linear out for edmips /
+limpq / bpnas / basq), in module order.
 """
 
 from __future__ import annotations
 
-import importlib
-import time
-from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-import yaml
-
-from benchmarks.recompute import RecomputeContext, RecomputeUnavailable, register_recomputer
+from benchmarks import discovery
+from benchmarks.recompute import (
+    RECOMPUTERS,
+    RecomputeContext,
+    Recomputer,
+    RecomputeUnavailable,
+    register_recomputer,
+)
+from core.config import read_yaml
 from core.errors import ConfigError
+
+
+def load_recomputers() -> tuple[dict[str, Recomputer], dict[str, str]]:
+    """The built-ins (registered by importing this module) plus every registered paper's recomputers (a
+    paper's entry wins over a built-in of the same name), and ``{paper: why}`` for the papers whose
+    recomputers could not be loaded."""
+    papers, broken = discovery.load_recomputers()
+    return {**RECOMPUTERS, **papers}, broken
 
 
 def _build(ctx: RecomputeContext, model: str, num_classes: int | None = None, **model_kwargs: Any):
@@ -72,9 +84,10 @@ def module_counts(ctx: RecomputeContext, model: str, input_size: list[int], modu
 
 
 @register_recomputer("searchable_layers")
-def searchable_layers(ctx: RecomputeContext, model: str, input_size: list[int] = (3, 224, 224),
-                      convention: str = "edmips", model_kwargs: dict | None = None) -> dict[str, Any]:
-    """Number of layers inside the convention's budget (EdMIPS: the quantized layers)."""
+def searchable_layers(ctx: RecomputeContext, model: str, convention: str,
+                      input_size: list[int] = (3, 224, 224),
+                      model_kwargs: dict | None = None) -> dict[str, Any]:
+    """Number of layers inside the convention's budget (e.g. the layers a search quantizes)."""
     return {"layers": len(searchable_names(ctx, model, list(input_size), convention, model_kwargs))}
 
 
@@ -133,90 +146,13 @@ def uniform_bitops(ctx: RecomputeContext, model: str, input_size: list[int], con
     return {"bitops": total, "bops": total}
 
 
-def _policy_lists(ctx: RecomputeContext, policy_row: str) -> tuple[list[int], list[int]]:
-    cells = {c.metric: c.value for c in ctx.other_row(policy_row).cells}
-    if not isinstance(cells.get("policy_w"), list) or not isinstance(cells.get("policy_a"), list):
-        raise ConfigError(f"row {policy_row!r} needs policy_w and policy_a lists")
-    return [int(b) for b in cells["policy_w"]], [int(b) for b in cells["policy_a"]]
-
-
-@register_recomputer("llt_policy_size")
-def llt_policy_size(ctx: RecomputeContext, policy_row: str, model: str = "resnet50",
-                    input_size: list[int] = (3, 224, 224)) -> dict[str, Any]:
-    """Weight size (MB = 2^20 bytes) of a published LLT policy: first conv and fc at 8 bits, every
-    searchable layer at its weight bits; the float size and the compression ratio."""
-    from core.policy import BitPolicy
-
-    w, a = _policy_lists(ctx, policy_row)
-    names = searchable_names(ctx, model, list(input_size), "limpq")
-    if len(names) != len(w):
-        raise ConfigError(f"policy row {policy_row!r} has {len(w)} layers, {model} has {len(names)} "
-                          "searchable layers")
-    report = _report(ctx, model, list(input_size), "limpq", BitPolicy(dict(zip(names, zip(w, a)))))
-    return {"size_mb": report.size_mb(), "fp_size_mb": report.size_mb(32),
-            "compression_ratio": report.compression_ratio, "bitops": report.bops}
-
-
-@register_recomputer("llt_ilp_policy")
-def llt_ilp_policy(ctx: RecomputeContext, model: str, indicators: str, bits: list[int], bitops_w: int,
-                   bitops_a: int, compression: float, alpha: float,
-                   input_size: list[int] = (3, 224, 224)) -> dict[str, Any]:
-    """Re-derive LLT's published policy: papers.llt's ILP on the released indicators."""
-    try:
-        ilp = importlib.import_module("papers.llt.ilp")
-        ind_mod = importlib.import_module("papers.llt.indicators")
-    except ImportError as exc:
-        raise RecomputeUnavailable(f"papers.llt is not importable ({exc})") from exc
-    import numpy as np
-
-    path = ctx.reference_file(indicators)
-    ind = ind_mod.ImportanceIndicators.load(path)
-    names = ind.names_for_model()
-    rows = {r.name: r for r in _report(ctx, model, list(input_size), "limpq").rows}
-    missing = [n for n in names if n not in rows]
-    if missing:
-        raise ConfigError(f"indicator layers {missing[:3]} are not layers of {model}")
-    fixed = sum(r.weight_numel for n, r in rows.items() if n not in set(names))
-    costs = ilp.LayerCosts(names=tuple(names), macs=np.array([rows[n].macs for n in names], dtype=np.float64),
-                           numel=np.array([rows[n].weight_numel for n in names], dtype=np.float64),
-                           fixed_numel=int(fixed))
-    start = time.perf_counter()
-    sol = ilp.solve_ilp(ind.table("weight", bits), ind.table("act", bits), costs, alpha=alpha,
-                        w_candidates=bits, a_candidates=bits,
-                        bitops_budget=ilp.uniform_bitops_budget(costs, bitops_w, bitops_a),
-                        size_budget=ilp.size_budget_bits(costs, compression))
-    return {"policy_w": sol.w_bits, "policy_a": sol.a_bits, "seconds": time.perf_counter() - start}
-
-
-def load_yaml_with_base(path: Path, depth: int = 0) -> dict:
-    if depth > 10:
-        raise ConfigError(f"{path}: _base_ chain deeper than 10 files")
-    data = yaml.safe_load(path.read_text()) or {}
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    merged: dict = {}
-    for b in base if isinstance(base, list) else [base]:
-        _deep_update(merged, load_yaml_with_base((path.parent / b).resolve(), depth + 1))
-    _deep_update(merged, data)
-    return merged
-
-
-def _deep_update(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
-        else:
-            dst[k] = v
-
-
 @register_recomputer("config_value")
 def config_value(ctx: RecomputeContext, config: str, key: str) -> dict[str, Any]:
     """A hyper-parameter as the paper's config file sets it (``key`` dotted, ``_base_`` followed)."""
     path = ctx.repo_path(config)
     if not path.is_file():
         raise RecomputeUnavailable(f"config {config} not found")
-    node: Any = load_yaml_with_base(path)
+    node: Any = read_yaml(path)
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             raise RecomputeUnavailable(f"config {config} has no key {key!r}")

@@ -1,4 +1,5 @@
-"""Rendering of ``mpq bench check``: one side-by-side table per paper table, as text or markdown."""
+"""Rendering of ``mpq bench check``: one side-by-side table per paper table, as text or markdown (the
+cross-method benchmark's report is :mod:`benchmarks.quick_report`)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,8 @@ def format_value(value: Any, cell: Cell | None = None, mpq: bool = False) -> str
 
 
 def status_text(c: CellResult) -> str:
-    text = c.status
-    if c.status == MISMATCH:
-        text += f" ({c.detail})" if c.detail else ""
-        if c.explained:
-            text += " [noted]"
-    elif c.detail:
-        text += f" ({c.detail})"
-    return text
+    text = c.status + (f" ({c.detail})" if c.detail else "")
+    return text + (" [as noted]" if c.explained else "")
 
 
 def _rows(report: CheckReport) -> list[tuple[str, list[list[str]], list[str]]]:
@@ -56,10 +51,11 @@ def _rows(report: CheckReport) -> list[tuple[str, list[list[str]], list[str]]]:
             prefix = "<= " if c.cell.compare == "le" else ""
             body.append([c.row.id, c.cell.metric, prefix + reported,
                          format_value(c.mpq, c.cell, mpq=True) if c.mpq is not None else "", status_text(c)])
-            if c.status == MISMATCH:
-                note = c.cell.note
-                why = f"note: {note}" if note else "NO NOTE: unexplained"
-                notes.append(f"{c.row.id}.{c.cell.metric}: {why}")
+            if c.cell.note:
+                predicted = format_value(c.cell.predicted, c.cell, mpq=True) + unit
+                notes.append(f"{c.row.id}.{c.cell.metric}: note (predicts {predicted}): {c.cell.note}")
+            elif c.status == MISMATCH:
+                notes.append(f"{c.row.id}.{c.cell.metric}: NO NOTE: unexplained")
         src = tr.table.source
         heading = (f"{tr.file.paper} / {tr.table.id}: {tr.table.title} "
                    f"[{src.get('file', '?')}, {src.get('table', '?')}]")
@@ -72,7 +68,7 @@ def summary_line(report: CheckReport) -> str:
     parts = [f"{counts[s]} {s}" for s in STATUSES if counts[s] or s != "ERROR"]
     explained = sum(1 for t in report.tables for c in t.cells if c.explained)
     if counts[MISMATCH]:
-        parts[1] += f" ({explained} explained by a note)"
+        parts[1] += f" ({explained} as a note predicts)"
     verdict = "FAIL" if report.exit_code else "OK"
     return f"summary: {', '.join(parts)} -> {verdict}"
 
@@ -114,46 +110,3 @@ def render_markdown(report: CheckReport, title: str = "mpq bench check") -> str:
 def write_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (no half-written report)."""
     atomic_write_text(path, text)
-
-
-def _fmt_bops(x: float) -> str:
-    return f"{x / 1e6:.3f} M" if x < 1e9 else f"{x / 1e9:.3f} G"
-
-
-def render_quick_markdown(data: dict, images: list[str]) -> str:
-    """The cross-method benchmark report: one table (mean +- std over seeds), settings and environment."""
-    s, env = data["settings"], data["environment"]
-    rec = s["recipe"]
-    seeds = " ".join(str(x) for x in s["seeds"])
-    lines = [
-        f"# Cross-method benchmark ({s['dataset']})", "",
-        f"{env['date']} on `{env['machine']}` ({env['processor']}, {env['cpu_count']} CPUs, torch "
-        f"{env['torch']}, {env['torch_threads']} threads, device {env['device']}); total wall time "
-        f"{env['wall_seconds']:.0f} s" + (f"; load average at the end {env['load_average']}"
-                                         if env.get("load_average") else "") + ".", "",
-        f"Network `{s['model']}` {s['model_kwargs']} at {s['image_size']}x{s['image_size']}; candidates "
-        f"W{list(s['w_candidates'])} A{list(s['a_candidates'])}; first conv and last linear float; budgets "
-        f"{list(s['budgets'])} average bits (budget_bops = b^2 x MACs of the searchable layers, core.bops "
-        f"bpnas convention); search epochs {s['search_epochs']}; seeds {seeds}.",
-        f"Shared recipe: every network (float, uniform, each method's policy) trained {rec['epochs']} epochs "
-        f"from the seed's initialisation with LSQ QConv2d (SGD lr {rec['lr']}, momentum {rec['momentum']}, "
-        f"wd {rec['weight_decay']}, cosine, batch {rec['batch_size']}); top-1 on the val split.",
-        "",
-        "| method | budget (avg bits) | BOPs | avg bits | top-1 (%) | search (s) | train (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(data["summary"], key=lambda r: (r["kind"] != "baseline", r["method"],
-                                                     r["budget_avg_bits"] or 0, r["bops"])):
-        budget = "-" if r["budget_avg_bits"] is None else f"{r['budget_avg_bits']:g}"
-        flag = " (over budget)" if r["over_budget"] else ""
-        lines.append(f"| {r['method']} | {budget} | {_fmt_bops(r['bops'])} | {r['avg_bits']:.3f}{flag} | "
-                     f"{r['top1']:.2f} +- {r['top1_std']:.2f} (n={r['seeds']}) | {r['search_seconds']:.1f} | "
-                     f"{r['train_seconds']:.1f} |")
-    lines.append("")
-    if data.get("failures"):
-        lines += ["**Failures:**", ""] + [f"- {f}" for f in data["failures"]] + [""]
-    if data.get("unavailable_methods"):
-        lines += ["Unavailable methods: " + ", ".join(f"{k} ({v})" for k, v in
-                                                       data["unavailable_methods"].items()), ""]
-    lines += [f"![{img}]({img})" for img in images] + [""]
-    return "\n".join(lines)

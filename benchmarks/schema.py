@@ -21,16 +21,24 @@ rows; a row holds cells (one reported value each). The layout, with every key th
               top1: {value: 65.9, unit: "%", tolerance: 0.5}
             config: papers/edmips/configs/resnet18_imagenet.yaml   # the config that reproduces it
             implemented: false    # instead of config: not in this repository (say which paper)
+            missing: "..."        # optional: what mpq lacks for the row (default "<method> not in mpq")
             needs: [GPU, ImageNet]
             recompute: {name: policy_avg_bits, args: {...}}  # deterministic cells: who recomputes them
             note: "..."           # context about the row (does NOT explain a cell's MISMATCH)
+        # a noted cell: {value: 4.42e+6, ..., note: "Suspected erratum: ...", predicted: 4.42e+5}
 
 A cell is ``{value, unit, tolerance}`` plus optional ``printed`` (the text exactly as printed when
 the number needed reading, e.g. ``"4.32 x 10^2"``), ``compare`` (``eq``, default, or ``le``: the
-reported value is an upper bound, e.g. a budget), ``kind`` and ``note``. ``value`` is a number or a
-list (a policy: ``tolerance`` then counts differing positions allowed, normally 0). A cell's ``note``
-records a suspicion about that printed value (e.g. a suspected erratum, with the evidence): a MISMATCH
-of a cell with a note is reported but does not fail ``mpq bench check``.
+reported value is an upper bound, e.g. a budget), ``kind``, ``note`` and ``predicted``. ``value`` is a
+number or a list (a policy: ``tolerance`` then counts differing positions allowed, normally 0) and is
+always what the publication prints. A cell's ``note`` explains how the printed value relates to what
+mpq computes (a suspected erratum, a truncation, a reading of an ambiguous text, with the evidence) and
+always comes with ``predicted``, the value the note predicts, of the same form as ``value``: for an
+erratum the value the text should have printed, for a truncation or a reading the recomputed value.
+``mpq bench check`` compares mpq's value with ``predicted`` (within the cell's ``tolerance``): a
+MISMATCH with the printed value is then reported as explained by the note, and a value that leaves the
+prediction fails the check like any mismatch. A remark that predicts no value belongs in the row's
+``note``.
 
 :func:`load_tables` reads and validates every file; a malformed file raises
 :class:`core.errors.ConfigError` naming the file, the row and the key, and what is expected.
@@ -65,8 +73,8 @@ NEEDS = frozenset({"GPU", "ImageNet", "COCO", "CIFAR-10", "original hardware"})
 _FILE_KEYS = {"paper", "title", "implemented", "needs", "tables", "note"}
 _TABLE_KEYS = {"id", "title", "source", "note", "context", "rows"}
 _ROW_KEYS = {"id", "source", "kind", "method", "values", "config", "implemented", "needs", "recompute",
-             "note", "context"}
-_CELL_KEYS = {"value", "unit", "tolerance", "printed", "compare", "kind", "note"}
+             "note", "context", "missing"}
+_CELL_KEYS = {"value", "unit", "tolerance", "printed", "compare", "kind", "note", "predicted"}
 _SOURCE_KEYS = {"file", "table", "row"}
 
 
@@ -82,6 +90,7 @@ class Cell:
     compare: str = "eq"
     printed: str | None = None
     note: str | None = None
+    predicted: float | list | None = None
 
 
 @dataclass
@@ -97,6 +106,7 @@ class Row:
     recompute: dict[str, Any] | None = None
     note: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    missing: str | None = None
 
 
 @dataclass
@@ -160,13 +170,7 @@ def _cell(where: str, metric: str, data: Any, row_kind: str) -> Cell:
         raise _fail(where, f"'kind' must be one of {list(KINDS)}, got {kind!r}")
     if metric not in METRICS[kind]:
         raise _fail(where, f"metric {metric!r} is not a {kind} metric; valid: {sorted(METRICS[kind])}")
-    value = data["value"]
-    if isinstance(value, list):
-        if not value or not all(_number(v) for v in value):
-            raise _fail(where, f"a list 'value' must be a non-empty list of numbers, got {value!r}")
-    elif not _number(value):
-        hint = " (YAML reads 6.21e9 as text: write 6.21e+9)" if isinstance(value, str) else ""
-        raise _fail(where, f"'value' must be a number or a list of numbers, got {value!r}{hint}")
+    value = _value(where, data["value"], "value")
     unit = data["unit"]
     if unit not in UNITS:
         raise _fail(where, f"'unit' must be one of {sorted(UNITS)}, got {unit!r}")
@@ -185,7 +189,31 @@ def _cell(where: str, metric: str, data: Any, row_kind: str) -> Cell:
     note = data.get("note")
     if note is not None:
         _str(where, note, "note")
-    return Cell(metric, value, unit, float(tol), kind, compare, printed, note)
+    predicted = data.get("predicted")
+    if note is not None and predicted is None:
+        raise _fail(where, "a cell with a 'note' needs 'predicted': the value the note predicts (for an "
+                           "erratum the value the text should have printed, for a truncation or a reading "
+                           "the recomputed value); a remark that predicts no value belongs in the row's "
+                           "'note'")
+    if predicted is not None:
+        if note is None:
+            raise _fail(where, "'predicted' needs a 'note' saying why the printed value differs from it")
+        predicted = _value(where, predicted, "predicted")
+        if isinstance(predicted, list) != isinstance(value, list) or (
+                isinstance(value, list) and len(predicted) != len(value)):
+            form = f"a list of {len(value)} numbers" if isinstance(value, list) else "a number"
+            raise _fail(where, f"'predicted' must have the form of 'value' ({form}), got {predicted!r}")
+    return Cell(metric, value, unit, float(tol), kind, compare, printed, note, predicted)
+
+
+def _value(where: str, value: Any, key: str) -> float | list:
+    if isinstance(value, list):
+        if not value or not all(_number(v) for v in value):
+            raise _fail(where, f"a list '{key}' must be a non-empty list of numbers, got {value!r}")
+    elif not _number(value):
+        hint = " (YAML reads 6.21e9 as text: write 6.21e+9)" if isinstance(value, str) else ""
+        raise _fail(where, f"'{key}' must be a number or a list of numbers, got {value!r}{hint}")
+    return value
 
 
 def _row(where: str, data: Any, table_source: dict[str, str], defaults: dict[str, Any]) -> Row:
@@ -231,7 +259,13 @@ def _row(where: str, data: Any, table_source: dict[str, str], defaults: dict[str
     context = data.get("context", {})
     if not isinstance(context, dict):
         raise _fail(where, "'context' must be a mapping")
-    return Row(rid, source, kind, cells, implemented, needs, config, method, recompute, note, context)
+    missing = data.get("missing")
+    if missing is not None:
+        _str(where, missing, "missing")
+        if implemented:
+            raise _fail(where, "'missing' (what mpq lacks for the row) needs 'implemented: false'")
+    return Row(rid, source, kind, cells, implemented, needs, config, method, recompute, note, context,
+               missing)
 
 
 def _table(where: str, data: Any, defaults: dict[str, Any]) -> Table:

@@ -14,11 +14,17 @@ builds the dataclass, validating every key and type on the way:
 0.05
 
 Errors (:class:`~core.errors.ConfigError`) name the dotted key; an unknown key lists the valid ones.
+
+Impossible values (``epochs=0``, ``lr=-1``, ``batch_size=0`` ...) are refused too: a schema may define
+``validate(self)``, which :func:`build_config` calls on every (nested) section once the config is
+built; it checks fields with :func:`require` / :func:`require_range`, and the error names the full
+dotted key (``config key search.optim.lr: must be > 0, got -1.0``). Paper schemas reuse the helpers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import types
 import typing
@@ -31,14 +37,73 @@ from core.errors import ConfigError
 from core.io import atomic_write_text
 
 __all__ = [
-    "DataConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "load_config", "build_config",
-    "config_to_dict", "save_config", "parse_overrides", "read_yaml",
+    "ModelConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "RunConfig", "ExperimentConfig",
+    "load_config", "build_config", "config_to_dict", "config_to_yaml", "save_config", "parse_overrides",
+    "read_yaml", "require", "require_range", "validate_config",
 ]
 
 BASE_KEY = "_base_"
 
 
+# --------------------------------------------------------------------------- value checks
+class FieldError(ConfigError):
+    """An impossible value of one field; :func:`validate_config` prefixes the section's path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key {key}: {message}")
+        self.key, self.message = key, message
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """In a schema's ``validate()``: raise for field ``key`` (relative to the section) unless ``ok``."""
+    if not ok:
+        raise FieldError(key, message)
+
+
+def require_range(section: Any, names: str | list[str], *, gt: float | None = None, ge: float | None = None,
+                  lt: float | None = None, le: float | None = None) -> None:
+    """In a schema's ``validate()``: each field in ``names`` (``None`` values are allowed) must lie
+    within the bounds; list/tuple values are checked item by item."""
+    for name in [names] if isinstance(names, str) else names:
+        value = getattr(section, name)
+        for i, v in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
+            if v is None:
+                continue
+            key = name if i is None else f"{name}[{i}]"
+            for bound, ok, word in ((gt, operator.gt, ">"), (ge, operator.ge, ">="), (lt, operator.lt, "<"),
+                                    (le, operator.le, "<=")):
+                if bound is not None:
+                    require(ok(v, bound), key, f"must be {word} {bound:g}, got {v!r}")
+
+
+def validate_config(cfg: Any, prefix: str = "") -> None:
+    """Call ``validate()`` of ``cfg`` and of every nested config section; a :class:`FieldError` is
+    re-raised with the dotted path of its section (``search.optim.lr``)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return
+    for f in dataclasses.fields(cfg):
+        validate_config(getattr(cfg, f.name), f"{prefix}{f.name}.")
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except FieldError as exc:
+            raise ConfigError(f"config key {prefix}{exc.key}: {exc.message}") from None
+
+
 # --------------------------------------------------------------------------- common sub-schemas
+@dataclasses.dataclass
+class ModelConfig:
+    """The network, built by ``core.engine.build_model_from_config`` with ``core.models.build_model``.
+    ``num_classes=None`` takes the dataset's; ``pretrained`` is a local weights file (nothing is ever
+    downloaded); ``kwargs`` go to the model's constructor."""
+
+    name: str = "digits_resnet"
+    num_classes: int | None = None
+    pretrained: str | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Dataset and loader. ``image_size=None`` means the dataset's default (``dataset_info``)."""
@@ -54,6 +119,10 @@ class DataConfig:
     workers: int = 4
     skip_corrupt: bool = False
     fast_decode: bool = True  # imagenet: torchvision.io decoding + tensor transforms (False: PIL reference)
+
+    def validate(self) -> None:
+        require_range(self, ["batch_size", "val_batch_size", "image_size", "resize_size"], ge=1)
+        require_range(self, "workers", ge=0)
 
 
 @dataclasses.dataclass
@@ -73,6 +142,11 @@ class OptimConfig:
     # create_optimizer does (used when the optimizer is built from a module; see core.engine.optim)
     no_decay_1d: bool = False
 
+    def validate(self) -> None:
+        require_range(self, ["lr", "grad_clip"], gt=0)
+        require_range(self, "weight_decay", ge=0)
+        require_range(self, ["momentum", "betas", "label_smoothing"], ge=0, lt=1)
+
 
 @dataclasses.dataclass
 class ScheduleConfig:
@@ -90,11 +164,18 @@ class ScheduleConfig:
     cooldown_epochs: float = 0.0  # "cosine": the last cooldown_epochs of `epochs` stay at min_lr
     warmup_prefix: bool = True  # "cosine" starts after the warm-up (False: at 0; the warm-up overrides it)
 
+    def validate(self) -> None:
+        require_range(self, ["epochs", "step_size"], ge=1)
+        require_range(self, ["warmup_epochs", "warmup_start_factor", "min_lr", "milestones"], ge=0)
+        require_range(self, "gamma", gt=0)
+
 
 @dataclasses.dataclass
 class RunConfig:
-    """Where and how a run executes. ``resume``: ``auto`` (latest checkpoint in out_dir, if any),
-    ``none`` (start fresh), or a checkpoint path."""
+    """Where and how a run executes. ``resume``: ``auto`` (continue the run recorded in out_dir, if it is
+    the same run), ``none`` (start afresh; the old run's files move to ``out_dir/.previous/``),
+    ``force`` (continue although identity keys changed; the change is recorded in run.json), or a
+    checkpoint path (see :mod:`core.engine.identity` and ``docs/core_api.md``)."""
 
     out_dir: str = "runs/default"
     seed: int = 0
@@ -106,11 +187,33 @@ class RunConfig:
     eval_every: int = 1
     keep_checkpoints: int | None = None  # per-epoch checkpoints kept (None: all); last.pt always
     tensorboard: bool = False
+    sync_bn: bool = False  # DDP: BatchNorm statistics over the global batch (all ranks)
+    dist_timeout_s: float = 1800.0  # DDP: how long a collective waits for a stalled rank
+
+    def validate(self) -> None:
+        require_range(self, ["log_every", "eval_every"], ge=1)
+        require_range(self, "keep_checkpoints", ge=0)
+        require_range(self, "dist_timeout_s", gt=0)
+        require(bool(self.out_dir), "out_dir", "must not be empty")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """The sections every paper's config shares. A paper's schema subclasses it, re-declares a section
+    to change its defaults, and adds its own stages; ``mpq config show PAPER -c NAME`` prints the result.
+    ``table_row``: id of the paper's table row the config reproduces (copied into ``results.json``)."""
+
+    table_row: str | None = None
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
 
 # --------------------------------------------------------------------------- YAML reading
-def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML mapping, resolving ``_base_`` (str or list, relative to the file) recursively."""
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = (), defaults: dict | None = None) -> dict:
+    """Read a YAML mapping, resolving ``_base_`` (str or list, relative to the file) recursively.
+    ``defaults`` go over the ``_base_`` files and under the file's own keys (e.g. a ``run.out_dir``
+    named after this file, which a base's own ``run.out_dir`` must not replace)."""
     path = Path(path).expanduser().resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
@@ -119,7 +222,9 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         where = f" (inherited by {_seen[-1]})" if _seen else ""
         raise ConfigError(f"config file not found: {path}{where}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed YAML in {path}: {exc}") from None
     if data is None:
@@ -128,7 +233,7 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: the top level of a config must be a mapping, got {type(data).__name__}")
     bases = data.pop(BASE_KEY, None)
     if bases is None:
-        return data
+        return _deep_merge(defaults or {}, data)
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -136,7 +241,7 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     merged: dict = {}
     for base in bases:
         merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path)))
-    return _deep_merge(merged, data)
+    return _deep_merge(_deep_merge(merged, defaults or {}), data)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -174,9 +279,10 @@ def parse_overrides(overrides: list[str] | None) -> dict:
 
 # --------------------------------------------------------------------------- typed construction
 def load_config(schema_cls: type, path: str | os.PathLike | None = None,
-                overrides: list[str] | None = None) -> Any:
-    """Read ``path`` (optional), apply ``overrides`` and build a validated ``schema_cls`` instance."""
-    data = read_yaml(path) if path else {}
+                overrides: list[str] | None = None, defaults: dict | None = None) -> Any:
+    """Read ``path`` (optional), apply ``overrides`` and build a validated ``schema_cls`` instance;
+    ``defaults`` (with a ``path``) replace values of its ``_base_`` files, not its own (:func:`read_yaml`)."""
+    data = read_yaml(path, defaults=defaults) if path else {}
     data = _deep_merge(data, parse_overrides(overrides))
     return build_config(schema_cls, data)
 
@@ -211,7 +317,10 @@ def build_config(schema_cls: type, data: dict, prefix: str = "") -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {prefix}{name} "
                               f"({_type_name(hints[name])}); set it in the YAML or as {prefix}{name}=...")
-    return schema_cls(**kwargs)
+    cfg = schema_cls(**kwargs)
+    if not prefix:
+        validate_config(cfg)
+    return cfg
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -329,7 +438,11 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
+def config_to_yaml(cfg: Any) -> str:
+    """``cfg`` (a dataclass or mapping) as YAML text, keys in schema order (``mpq config show``)."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML atomically (temporary file in the same directory, then ``os.replace``)."""
-    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-    atomic_write_text(path, text)
+    atomic_write_text(path, config_to_yaml(cfg))

@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from core.errors import PolicyError
-from core.io import atomic_write_text
+from core.io import atomic_write_text, read_json
 
 MAX_BITS = 32  #: 32 bits means "not quantized".
 _ENTRY_KEYS = ("name", "w_bits", "a_bits")
@@ -197,18 +197,9 @@ class BitPolicy:
              w_bits: Iterable[int] | None = None, a_bits: Iterable[int] | None = None) -> BitPolicy:
         """Read a policy file; with ``model`` also :meth:`validate` it against that model."""
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise PolicyError(f"policy file {path!r} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"cannot read policy file {path!r}: {exc}") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"policy file {path!r} is not valid JSON (line {exc.lineno}, column "
-                              f"{exc.colno}: {exc.msg})") from None
+        data = read_json(path, "policy file", "a policy is written by a search (e.g. `mpq <paper> search`) "
+                                              "as {\"layers\": [{\"name\", \"w_bits\", \"a_bits\"}, ...]}",
+                         PolicyError)
         policy = cls.from_dict(data, source=path)
         if model is not None:
             policy.validate(model, w_bits=w_bits, a_bits=a_bits)

@@ -26,3 +26,19 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def use_papers(monkeypatch):
+    """``use_papers({"name": "module:PAPER", ...})`` makes exactly those the ``mpq.papers`` entry points
+    (other entry-point groups are untouched), e.g. to add the test paper or a broken one."""
+    from importlib.metadata import EntryPoint
+
+    import core.paper
+
+    def install(papers: dict[str, str]) -> None:
+        eps = [EntryPoint(name=n, value=v, group=core.paper.GROUP) for n, v in papers.items()]
+        monkeypatch.setattr(core.paper, "entry_points",
+                            lambda group: eps if group == core.paper.GROUP else [])
+
+    return install

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["write_cifar10", "write_cifar100", "write_imagenet", "write_coco", "write_corrupt_jpeg",
-           "IMAGENET_CLASSES"]
+           "results_record", "IMAGENET_CLASSES"]
 
 IMAGENET_CLASSES = ("n01440764", "n01443537", "n01484850")
 
@@ -141,3 +141,15 @@ def write_coco(root: str | Path, n_images: int = 4, splits: Sequence[str] = ("tr
                "annotations": annotations, "categories": categories}
         (ann_dir / f"instances_{split}2017.json").write_text(json.dumps(doc))
     return root
+
+
+def results_record(**fields) -> dict:
+    """A valid ``core.results.RunResult`` as JSON data, with ``fields`` replacing the placeholders."""
+    record = {"schema_version": 1, "paper": "test", "method": "test", "table_row": None, "model": "m",
+              "dataset": "d", "counts": {"convention": "exact", "scope": "all", "params": 10, "macs": 100.0,
+                                         "macs_all": 100.0, "bops": 102400.0, "avg_bits": 32.0,
+                                         "size_mb": 0.001},
+              "metrics": {"top1": 50.0}, "wall_time_s": {"train": 1.0}, "device": "cpu", "world_size": 1,
+              "seed": 0, "code_version": "0.1.0", "policy": None, "config": None, "extra": {}}
+    record.update(fields)
+    return record

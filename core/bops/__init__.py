@@ -1,4 +1,5 @@
-"""Params / MACs / BOPs counting with the papers' named conventions (see ``conventions``).
+"""Params / MACs / BOPs counting with the papers' named conventions (see ``conventions``), audited
+op by op so that no multiply-accumulate work is counted as 0 silently (see ``audit``).
 
 >>> from core.bops import count
 >>> from core.models import build_model
@@ -9,6 +10,7 @@
 from core.bops.cli import add_cli_arguments, parse_input_size, run_cli
 from core.bops.conventions import (
     CONVENTIONS,
+    MATMUL_RULES,
     Convention,
     floor_macs,
     get_convention,
@@ -19,7 +21,7 @@ from core.bops.conventions import (
 from core.bops.counter import MB, BopsReport, LayerRow, annotate_macs, count, expected_bops
 
 __all__ = [
-    "CONVENTIONS", "Convention", "register_convention", "get_convention",
+    "CONVENTIONS", "MATMUL_RULES", "Convention", "register_convention", "get_convention",
     "floor_macs", "input_over_stride_macs", "true_division_macs",
     "MB", "BopsReport", "LayerRow", "count", "annotate_macs", "expected_bops",
     "add_cli_arguments", "run_cli", "parse_input_size",

@@ -6,7 +6,7 @@ import argparse
 import inspect
 import json
 
-from core.bops.conventions import CONVENTIONS
+from core.bops.conventions import CONVENTIONS, MATMUL_RULES
 from core.bops.counter import count
 from core.errors import ConfigError
 
@@ -54,6 +54,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                       help="count the last layer inside the totals")
     last.add_argument("--exclude-last", dest="include_last", action="store_false",
                       help="leave the last layer outside the totals")
+    parser.add_argument("--matmuls", default=None, choices=MATMUL_RULES,
+                        help="activation x activation matmuls (attention's q @ k^T, attn @ v, SDPA): "
+                        "error = refuse, naming them (every built-in convention's default); count = one "
+                        "row per module and op inside the totals, at --bits; exclude = rows outside the "
+                        "totals")
     parser.add_argument("--json", action="store_true", help="print the rows and totals as JSON")
 
 
@@ -75,11 +80,13 @@ def run_cli(args: argparse.Namespace) -> int:
     policy = BitPolicy.load(args.policy) if args.policy else None
     report = count(model, input_size=input_size, policy=policy, convention=args.convention,
                    include_first=args.include_first, include_last=args.include_last,
-                   default_bits=tuple(args.bits) if args.bits else (32, 32))
+                   default_bits=tuple(args.bits) if args.bits else (32, 32), matmuls=args.matmuls)
     report.model = args.model
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(f"{args.model}: {len(report.rows)} conv/linear layers")
+        layers = sum(r.kind != "matmul" for r in report.rows)
+        print(f"{args.model}: {layers} conv/linear layers"
+              + (f", {len(report.rows) - layers} matmul rows" if len(report.rows) > layers else ""))
         print(report.table())
     return 0

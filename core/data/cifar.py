@@ -67,6 +67,20 @@ def load_pickle(path: Path, name: str, layout: str) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def _integer_labels(raw: object, path: Path, name: str, key: str) -> list[int]:
+    """The labels of one batch as Python ints; anything but integers is a DataError naming the file."""
+    try:
+        arr = np.asarray(raw)
+    except ValueError:  # ragged
+        arr = None
+    if arr is None or arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
+        bad = next((v for v in (raw if isinstance(raw, (list, tuple)) else [raw])
+                    if isinstance(v, bool) or not isinstance(v, (int, np.integer))), raw)
+        raise DataError(f"{name}: {path}: '{key}' must be a list of integer class indices, found {bad!r} "
+                        f"({type(bad).__name__}); the file is not a CIFAR batch or is damaged")
+    return [int(v) for v in arr]
+
+
 def find_cifar_dir(name: str, root: str | Path | None) -> Path:
     spec = _SPEC[name]
     root = require_dir(root, name, spec["layout"])
@@ -98,7 +112,8 @@ class CifarDataset(Dataset):
                 raise DataError(f"{name}: {directory / fname}: data has shape {data.shape}, expected "
                                 f"(N, 3072) with N labels")
             datas.append(data)
-            labels.extend(int(v) for v in batch[spec["label_key"]])
+            labels.extend(_integer_labels(batch[spec["label_key"]], directory / fname, name,
+                                          spec["label_key"]))
         meta_path = directory / spec["meta"]
         if meta_path.is_file():
             meta = load_pickle(meta_path, name, spec["layout"])

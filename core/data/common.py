@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from core.errors import DataError
 
-__all__ = ["DatasetInfo", "require_dir", "require_file", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DatasetInfo", "require_dir", "require_file", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD",
+           "skipped_files"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,3 +52,19 @@ class Normalize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def skipped_files(loader: Any) -> set[str] | None:
+    """The files skipped as corrupt by the dataset behind ``loader`` (a DataLoader, a wrapper with
+    ``.loader``, a ``Subset``...), or ``None`` when that dataset does not skip files. A dataset that
+    can skip (``data.skip_corrupt``) exposes ``skipped``: the set of paths skipped so far."""
+    obj = loader
+    for _ in range(8):
+        if obj is None:
+            return None
+        skipped = getattr(obj, "skipped", None)
+        if isinstance(skipped, (set, frozenset)) and getattr(obj, "skip_corrupt", True):
+            return set(skipped)
+        inner = getattr(obj, "dataset", None)
+        obj = inner if inner is not None else getattr(obj, "loader", None)
+    return None

@@ -2,8 +2,8 @@
 
 The embedded default dataset (no download, seconds per epoch on a CPU). Images are scaled to [0, 1],
 upsampled with bilinear interpolation to ``image_size`` (default 32), repeated to 3 channels and
-normalised with the train split's mean/std. The split is a fixed seeded permutation:
-``val_size`` (397) images for val, the other 1,400 for train. Everything is held in memory.
+normalised with the train split's mean/std (:mod:`core.data.embedded`). The split is a fixed seeded
+permutation: ``val_size`` (397) images for val, the other 1,400 for train. Everything is held in memory.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
 
+from core.data.embedded import EmbeddedImageDataset
 from core.errors import DataError
 
 __all__ = ["DigitsDataset", "NUM_DIGITS", "DEFAULT_VAL_SIZE"]
@@ -38,53 +37,18 @@ def split_indices(split: str, val_size: int = DEFAULT_VAL_SIZE, split_seed: int 
     return perm[:val_size].sort().values if split == "val" else perm[val_size:].sort().values
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(EmbeddedImageDataset):
     """In-memory tensors ``images`` (N, 3, S, S), normalised, and ``targets`` (N,).
 
     ``augment`` (train only): random translation by up to ``image_size // 8`` pixels (zero padding).
     """
 
-    classes = [str(i) for i in range(10)]
+    name = "digits"
 
     def __init__(self, split: str = "train", image_size: int = 32, val_size: int = DEFAULT_VAL_SIZE,
                  split_seed: int = 0, augment: bool = False):
         if split not in ("train", "val"):
             raise DataError(f"digits: split must be 'train' or 'val', got {split!r}")
-        if image_size < 8:
-            raise DataError(f"digits: image_size must be >= 8, got {image_size}")
         images, targets = _raw()
-        train_idx = split_indices("train", val_size, split_seed)
-        idx = split_indices(split, val_size, split_seed)
-        up = self._resize(images, image_size)
-        mean, std = up[train_idx].mean().item(), up[train_idx].std().item()
-        self.images = ((up[idx] - mean) / std).expand(-1, 3, -1, -1).contiguous()
-        self.targets = targets[idx].clone()
-        self.mean, self.std = mean, std
-        self.split, self.image_size = split, image_size
-        self.augment = augment and split == "train"
-        self.shift = max(1, image_size // 8)
-
-    @staticmethod
-    def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-        if size == images.shape[-1]:
-            return images.clone()
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i]
-        if self.augment:
-            dx, dy = torch.randint(-self.shift, self.shift + 1, (2,)).tolist()
-            background = (0.0 - self.mean) / self.std
-            x = torch.roll(x, shifts=(dy, dx), dims=(1, 2)).clone()
-            if dy > 0:
-                x[:, :dy] = background
-            elif dy < 0:
-                x[:, dy:] = background
-            if dx > 0:
-                x[:, :, :dx] = background
-            elif dx < 0:
-                x[:, :, dx:] = background
-        return x, int(self.targets[i])
+        super().__init__(images, targets, split_indices("train", val_size, split_seed),
+                         split_indices(split, val_size, split_seed), split, image_size, augment)

@@ -16,7 +16,9 @@ PIL's JPEG draft mode (DCT-domain downscaling) was measured too and gives nothin
 (a 224 crop of a ~500x375 image rarely allows a 1/2 reduction), so it is not used.
 
 Corrupt files raise :class:`DataError` naming the file; ``skip_corrupt=True`` instead substitutes the
-next readable sample, warns once per file, and counts the file in ``.skipped`` (per process).
+next readable sample, warns, and records the file in ``.skipped`` (a set of paths). The record is a
+flag per sample in shared memory, so files skipped inside DataLoader worker processes count too; the
+Trainer reads it after every epoch (``data_skipped`` in the metrics, a log line when it grows).
 """
 
 from __future__ import annotations
@@ -113,14 +115,21 @@ class ImageFolderDataset(Dataset):
         self.fast_decode, self.skip_corrupt = fast_decode, skip_corrupt
         self.mean255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
         self.inv_std255 = 1.0 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0)
-        self.skipped: set[str] = set()
+        self._skipped = torch.zeros(len(self.samples) if skip_corrupt else 0, dtype=torch.uint8)
+        self._skipped.share_memory_()  # written by worker processes, read by the main process
+
+    @property
+    def skipped(self) -> set[str]:
+        """The files skipped as corrupt so far (in this process and its DataLoader workers)."""
+        return {self.samples[i][0] for i in self._skipped.nonzero().flatten().tolist()}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         for k in range(len(self.samples)):
-            path, target = self.samples[(i + k) % len(self.samples)]
+            j = (i + k) % len(self.samples)
+            path, target = self.samples[j]
             try:
                 return self.load(path), target
             except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
@@ -128,8 +137,8 @@ class ImageFolderDataset(Dataset):
                     raise DataError(f"{self.name}: cannot decode {path} ({type(exc).__name__}: {exc}); "
                                     "replace the file, or set data.skip_corrupt=true to skip and count "
                                     "corrupt files") from None
-                if path not in self.skipped:
-                    self.skipped.add(path)
+                if not self._skipped[j]:
+                    self._skipped[j] = 1
                     warnings.warn(f"{self.name}: skipping corrupt image {path} ({exc})", stacklevel=2)
         raise DataError(f"{self.name}: no readable image in {len(self.samples)} files")
 

@@ -9,15 +9,19 @@ import contextlib
 import dataclasses
 import datetime
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from core.engine.seed import resolve_device
+from core.errors import ConfigError, MpqError
 
 __all__ = ["DistInfo", "init_distributed", "get_info", "is_main", "barrier", "all_reduce_mean",
-           "all_reduce_sum", "wrap_ddp", "unwrap", "no_sync", "destroy_distributed", "is_distributed"]
+           "all_reduce_sum", "broadcast_object", "on_main", "wrap_ddp", "unwrap", "no_sync",
+           "destroy_distributed", "is_distributed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +42,10 @@ _INFO: DistInfo | None = None  # None until init_distributed(): one process on r
 def init_distributed(device: str | torch.device = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group described by torchrun's env (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT``). Without them: one process on ``resolve_device(device)``.
-    On CUDA each process takes ``cuda:LOCAL_RANK`` and nccl; otherwise gloo."""
+    On CUDA each process takes ``cuda:LOCAL_RANK`` and nccl; otherwise gloo. ``timeout_s``
+    (``run.dist_timeout_s``): how long a collective waits for a stalled rank before failing."""
+    if timeout_s <= 0:
+        raise ConfigError(f"run.dist_timeout_s must be > 0, got {timeout_s}")
     global _INFO
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -98,14 +105,45 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / dist.get_world_size() if is_distributed() else t
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself in a one-process run."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 only; every rank returns its result or raises its error, so a failure on
+    rank 0 (a refused resume, a full disk) never leaves the other ranks waiting at a collective."""
+    result, err = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            err = exc
+    shared = err if err is None or isinstance(err, (MpqError, OSError)) else \
+        RuntimeError(f"rank 0 failed: {type(err).__name__}: {err}")
+    result, shared = broadcast_object((result, shared))
+    if err is not None:
+        raise err  # rank 0: the original, with its traceback
+    if shared is not None:
+        raise shared
+    return result
+
+
 def wrap_ddp(model: nn.Module, find_unused_parameters: bool = False, sync_bn: bool = False) -> nn.Module:
     """``DistributedDataParallel`` around ``model`` when distributed; ``model`` itself otherwise.
-    ``sync_bn`` converts BatchNorm to SyncBatchNorm (CUDA only in torch)."""
+    ``sync_bn`` (``run.sync_bn``) first makes every BatchNorm synchronised over the ranks (torch's
+    SyncBatchNorm on CUDA, :class:`core.engine.syncbn.GlobalBatchNorm` elsewhere)."""
     if not is_distributed():
         return model
     device = next(model.parameters()).device
     if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from core.engine.syncbn import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids,

@@ -24,8 +24,11 @@ __all__ = ["mmengine_safe_globals", "mmengine_safe_loading"]
 
 
 def mmengine_safe_globals() -> list:
-    """The exact globals an mmengine 0.10.7 Runner checkpoint needs beyond torch's defaults."""
-    from mmengine.logging.history_buffer import HistoryBuffer
+    """The exact globals an mmengine 0.10.7 Runner checkpoint needs beyond torch's defaults
+    (``MissingDependencyError`` naming the ``det`` extra when mmengine is not installed)."""
+    from core.extras import require
+
+    HistoryBuffer = require("mmengine.logging.history_buffer", "loading mmengine checkpoints").HistoryBuffer
 
     def restricted_getattr(obj: object, name: str) -> object:
         if obj is HistoryBuffer and not name.startswith("_") and callable(getattr(HistoryBuffer, name, None)):

@@ -12,6 +12,12 @@ algorithm changes:
 A non-finite value in what ``train_step`` returns stops the run with ``TrainingDivergedError``; no
 checkpoint is written after the divergence, so the last good one stays (parameters are also checked
 before every save).
+
+The run directory (``run_dir``) belongs to one run: ``fit()`` takes its lock, refuses to continue a
+run of another identity (``identity``, by default the whole ``config``; see
+:mod:`core.engine.identity`), loads the newest intact checkpoint, and only then writes ``run.json``
+and ``config.yaml``. The lock is released when ``fit()`` returns or raises. ``wall_time_s`` is the
+training wall time accumulated over every process that contributed to the run (resumes included).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +41,15 @@ from core.engine.dist import (
     barrier,
     get_info,
     is_distributed,
+    is_main,
+    on_main,
     unwrap,
     wrap_ddp,
 )
-from core.engine.rundir import MetricsLogger, Progress, RunDir, log
+from core.engine.identity import config_identity, format_diff, identity_diff
+from core.engine.rundir import RESUME_MODES, MetricsLogger, Progress, RunDir, log
 from core.engine.seed import rng_state, set_rng_state
-from core.errors import CheckpointError, ConfigError, TrainingDivergedError
+from core.errors import CheckpointError, ConfigError, RunDirError, TrainingDivergedError
 
 __all__ = ["Trainer", "ClassificationTrainer", "evaluate", "accuracy", "move_to", "trainer_kwargs"]
 
@@ -94,7 +103,7 @@ def trainer_kwargs(run: Any = None, optim: Any = None) -> dict:
     if run is not None:
         kw.update(run_dir=run.out_dir, resume=run.resume, log_every=run.log_every,
                   eval_every=run.eval_every, keep_checkpoints=run.keep_checkpoints,
-                  tensorboard=run.tensorboard, compile_quantizers=run.compile)
+                  tensorboard=run.tensorboard, compile_quantizers=run.compile, sync_bn=run.sync_bn)
     if optim is not None:
         kw.update(label_smoothing=optim.label_smoothing, grad_clip=optim.grad_clip,
                   grad_clip_mode=optim.grad_clip_mode)
@@ -106,8 +115,13 @@ class Trainer:
 
     ``optimizers``: one optimizer or ``{"weights": ..., "arch": ...}``. ``schedulers``: one or a dict;
     each is stepped per iteration if its ``interval`` attribute is ``"step"`` (every schedule from
-    :func:`core.engine.build_scheduler`), else once per epoch. ``resume``: ``"auto"``, ``"none"`` or
-    a checkpoint path. ``run_dir=None`` keeps nothing on disk (no checkpoints, no metrics file).
+    :func:`core.engine.build_scheduler`), else once per epoch. ``resume``: ``"auto"``, ``"none"``,
+    ``"force"`` or a checkpoint path (see :data:`core.engine.rundir.RESUME_MODES`). ``run_dir=None``
+    keeps nothing on disk (no checkpoints, no metrics file). ``config``: the resolved config, written
+    as ``config.yaml``; ``identity``: the mapping a resumed run must match (default: the identity of
+    ``config``, see :func:`core.engine.identity.config_identity`; ``{}`` without a config). A stage
+    that later stages follow passes its own, e.g. ``config_identity(cfg, exclude=["train"])``.
+    ``sync_bn``: BatchNorm statistics over all ranks under DDP (``run.sync_bn``).
     """
 
     def __init__(self, model: nn.Module, optimizers: torch.optim.Optimizer | dict, train_loader: Iterable,
@@ -117,7 +131,7 @@ class Trainer:
                  grad_clip_mode: str = "norm", log_every: int = 50, eval_every: int = 1,
                  keep_checkpoints: int | None = None, tensorboard: bool = False,
                  find_unused_parameters: bool = False, sync_bn: bool = False, config: Any = None,
-                 compile_quantizers: bool | None = None):
+                 identity: Mapping[str, Any] | None = None, compile_quantizers: bool | None = None):
         if compile_quantizers is not None:  # `run.compile`: the quantizers' torch.compile'd kernels
             from core.quant import set_compiled
 
@@ -131,7 +145,9 @@ class Trainer:
             schedulers = {}
         self.schedulers = schedulers if isinstance(schedulers, dict) else {"weights": schedulers}
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.epochs, self.resume = int(epochs), resume
+        if int(epochs) < 1:
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
+        self.epochs, self.resume = int(epochs), str(resume or "none")
         if grad_clip_mode not in ("norm", "value"):
             raise ConfigError(f"grad_clip_mode must be 'norm' or 'value', got {grad_clip_mode!r}")
         self.grad_clip, self.grad_clip_mode = grad_clip, grad_clip_mode
@@ -142,10 +158,15 @@ class Trainer:
         self.run_dir = run_dir
         self.metrics = MetricsLogger(self.run_dir, tensorboard) if self.run_dir else None
         self.checkpointer = Checkpointer(self.run_dir.checkpoints, keep_checkpoints) if self.run_dir else None
-        if self.run_dir is not None and config is not None:
-            self.run_dir.save_config(config)
+        self.config = config
+        if identity is None:
+            identity = config_identity(config) if config is not None else {}
+        self.identity = config_identity(dict(identity))  # JSON types, like its copy in run.json
+        self._holding = False  # this trainer holds a claim on run_dir
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
+        self.data_skipped: list[str] = []  # files skipped as corrupt (data.skip_corrupt), all ranks
+        self._time_base, self._t0 = 0.0, None
 
     # ----------------------------------------------------------------- overridable pieces
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -212,8 +233,36 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict:
-        """Train from scratch or resume; returns the last epoch's record."""
-        start = self._resume()
+        """Train from scratch or resume; returns the last epoch's record. The run directory is held
+        for the call (released however it ends)."""
+        try:
+            start = self._resume()
+            self._t0 = time.perf_counter()
+            self._epochs(start)
+        finally:
+            self._stop_clock()
+            self.close()
+        return self.history[-1] if self.history else {}
+
+    def close(self) -> None:
+        """Close the metrics file and give up this trainer's claim on the run directory."""
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._holding:
+            self._holding = False
+            self.run_dir.close()
+
+    @property
+    def wall_time_s(self) -> float:
+        """Training wall time of the run so far, accumulated over resumes (the time a killed process
+        spent after its last checkpoint is not counted: that work was redone)."""
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return self._time_base + running
+
+    def _stop_clock(self) -> None:
+        self._time_base, self._t0 = self.wall_time_s, None
+
+    def _epochs(self, start: int) -> None:
         for epoch in range(start, self.epochs):
             self.epoch = epoch
             _set_loader_epoch(self.train_loader, epoch)
@@ -229,6 +278,7 @@ class Trainer:
                 if getattr(sched, "interval", "epoch") != "step":
                     sched.step()
             record.update(self.on_epoch_end(epoch, record) or {})
+            record.update(self._count_skipped())
             self._check_parameters(epoch)
             record = {"kind": "epoch", **record}
             if self.metrics is not None:
@@ -237,9 +287,27 @@ class Trainer:
             log(f"epoch {epoch + 1}/{self.epochs} " + " ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
             self.save_checkpoint()
-        if self.metrics is not None:
-            self.metrics.close()
-        return self.history[-1] if self.history else {}
+
+    def _count_skipped(self) -> dict:
+        """``{"data_skipped": n}`` when a loader's dataset skips corrupt files (``data.skip_corrupt``),
+        with a log line when the count grew; ``{}`` otherwise."""
+        from core.data import skipped_files
+
+        tracked = [s for s in (skipped_files(self.train_loader), skipped_files(self.val_loader))
+                   if s is not None]
+        if not tracked:
+            return {}
+        files = set().union(*tracked)
+        if is_distributed():
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, sorted(files))
+            files = set().union(*map(set, gathered))
+        if len(files) > len(self.data_skipped):
+            new = sorted(files - set(self.data_skipped))
+            log(f"data: skipped {len(files)} corrupt file(s) so far (data.skip_corrupt=true); new: "
+                + ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""))
+        self.data_skipped = sorted(files)
+        return {"data_skipped": len(files)}
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
@@ -308,14 +376,25 @@ class Trainer:
         return {
             "model": self.module.state_dict(),
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "optimizer_types": {n: type(o).__name__ for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "epoch": self.epoch + 1,  # epochs completed
             "step": self.step,
             "rng": states,  # one entry per rank
             "extra": self.state_extra(),
+            "identity": self.identity,
+            "wall_time_s": self.wall_time_s,
+            "data_skipped": self.data_skipped,
         }
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
+        saved = state.get("optimizer_types")
+        mine = {n: type(o).__name__ for n, o in self.optimizers.items()}
+        if saved is not None and set(saved) == set(mine) and saved != mine:
+            raise CheckpointError(
+                f"{source} was written with the optimizer(s) {saved}, this run has {mine}: an optimizer's "
+                "state cannot be carried over to another kind of optimizer. Resume with the same optimizer, "
+                "or start afresh (run.resume=none or another run.out_dir)")
         try:
             self.module.load_state_dict(state["model"])
             for group in ("optimizers", "schedulers"):
@@ -330,37 +409,90 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         rank = get_info().rank
         set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
+        self._time_base = float(state.get("wall_time_s", 0.0))
+        self.data_skipped = list(state.get("data_skipped", []))
         self.load_extra(state.get("extra", {}))
 
     def save_checkpoint(self) -> Path | None:
         if self.checkpointer is None:
             return None
         state = self.state_dict()  # collective (RNG gather): every rank builds it
-        path = self.checkpointer.save(state, epoch=self.epoch + 1)
-        barrier()
-        return path
+
+        def write() -> Path:
+            path = self.checkpointer.save(state, epoch=self.epoch + 1)
+            if self.metrics is not None:
+                self.metrics.sync()
+            if self._holding:  # what a consuming stage checks (core.engine.rundir.check_producer)
+                done = self.epoch + 1
+                self.run_dir.update_record(progress={
+                    "epochs_done": done, "epochs": self.epochs, "finished": done >= self.epochs,
+                    "step": self.step, "wall_time_s": round(self.wall_time_s, 3)})
+            return path
+
+        return on_main(write)
 
     def _resume(self) -> int:
-        spec = str(self.resume or "none")
-        path: Path | None = None
-        if spec == "auto":
-            path = self.checkpointer.latest() if self.checkpointer is not None else None
-        elif spec != "none":
-            path = Path(spec)
-            if not path.is_file():
-                raise CheckpointError(f"resume={spec}: no such checkpoint file; use resume=auto, resume=none "
-                                      "or a path to a .pt file")
-        if path is None:
+        """Claim the run directory, load the checkpoint to continue from (validated), then write the
+        run's records; returns the first epoch to train."""
+        spec = self.resume
+        if spec not in RESUME_MODES and not Path(spec).is_file():
+            raise CheckpointError(f"resume={spec}: no such checkpoint file; use resume=auto, none, force or "
+                                  "a path to a .pt file")
+        if self.run_dir is not None:
+            self.run_dir.claim(self.identity, spec)  # lock + identity check; writes nothing
+            self._holding = True
+        try:
+            found = self._find_checkpoint(spec)
+            if found is not None:
+                path, state = found
+                self._check_identity(state, path)
+                self.load_state_dict(state, str(path))
+            if self.run_dir is not None:
+                self.run_dir.start(self.config)  # validated: now run.json and config.yaml are written
+        except BaseException:
+            self.close()
+            raise
+        if found is None:
             if self.metrics is not None:
                 self.metrics.reset()
             return 0
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), str(path))
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
             barrier()
             self.history = [r for r in self.metrics.read() if r.get("kind") == "epoch"]
         log(f"resumed from {path} (epoch {self.epoch}, step {self.step})")
         return self.epoch
+
+    def _find_checkpoint(self, spec: str) -> tuple[Path, dict] | None:
+        """The checkpoint ``spec`` names: ``auto``/``force``: the newest intact one in the run directory
+        (rank 0 chooses, falling back past corrupt files; every rank loads the same file)."""
+        if spec == "none":
+            return None
+        if spec not in RESUME_MODES:
+            return Path(spec), load_checkpoint(spec, map_location=self.device)
+        if self.checkpointer is None:
+            return None
+        found = None
+
+        def choose() -> str | None:
+            nonlocal found
+            found = self.checkpointer.load_latest(map_location=self.device)
+            return None if found is None else str(found[0])
+
+        path = on_main(choose)  # only the path travels to the other ranks
+        if path is None or is_main():
+            return found
+        return Path(path), load_checkpoint(path, map_location=self.device)
+
+    def _check_identity(self, state: dict, path: Path) -> None:
+        recorded = state.get("identity")
+        if recorded is None or self.resume == "force":
+            return
+        diff = identity_diff(recorded, self.identity)
+        if diff:
+            raise RunDirError(f"checkpoint {path} belongs to another run: {len(diff)} key(s) differ (its run "
+                              f"-> now):\n{format_diff(diff)}\nStart afresh (run.resume=none or another "
+                              "run.out_dir), or continue it under the new values with run.resume=force")
 
 
 ClassificationTrainer = Trainer

@@ -158,10 +158,9 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not os.path.isfile(path):
         raise CheckpointError(f"pretrained checkpoint {path!r} does not exist (pretrained= takes a local "
                               "file path; nothing is downloaded)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: {exc}") from exc
+    from core.engine.checkpoint import safe_torch_load
+
+    obj = safe_torch_load(path, map_location="cpu")
     state = _extract_state_dict(obj, path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]

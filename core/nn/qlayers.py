@@ -1,4 +1,4 @@
-"""Fixed-bit quantized layers: ``QConv2d`` and ``QLinear``.
+"""Fixed-bit quantized layers: ``QConv2d`` and ``QLinear``, and the ``fixed`` layer kind.
 
 Both subclass the float module (so counting and init code see a conv / linear) and quantize the
 weight with ``weight_quantizer`` and the layer INPUT with ``act_quantizer``.
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.nn.kinds import KindContext, QuantSpec, register_layer_kind
 from core.quant import create_quantizer
 from core.quant.base import QUANTIZERS, Quantizer
 
@@ -160,3 +161,12 @@ def copy_float_params(src: nn.Module, dst: nn.Module) -> None:
     dst.weight.copy_(src.weight)
     if src.bias is not None:
         dst.bias.copy_(src.bias)
+
+
+@register_layer_kind("fixed", layers=(QConv2d, QLinear))
+def fixed_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindContext) -> QConv2d | QLinear:
+    """QConv2d / QLinear at ``spec.w_bits`` / ``spec.a_bits`` (bits then set per layer by a policy)."""
+    cls = QConv2d if isinstance(module, nn.Conv2d) else QLinear
+    return cls.from_float(module, w_bits=spec.w_bits, a_bits=spec.a_bits, w_quant=spec.w_quant,
+                          a_quant=spec.a_quant, w_options=dict(spec.w_options),
+                          a_options=dict(spec.a_options))

@@ -1,4 +1,5 @@
-"""Switchable-bit support (LLT, OneMPS): per-bit BatchNorm and whole-model bit setters.
+"""Switchable-bit support (LLT, OneMPS): the ``switchable`` layer kind, per-bit BatchNorm and whole-model
+bit setters.
 
 A :class:`SwitchableBatchNorm2d` holds one ``BatchNorm2d`` per bit-width. It is keyed by the WEIGHT
 bit-width of the quantized layer it follows: the nearest preceding :class:`QConv2d` /
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError, PolicyError
-from core.nn.qlayers import QConv2d, QLinear
+from core.nn.kinds import KindContext, QuantSpec, following_batchnorms, register_layer_kind, replace_module
+from core.nn.qlayers import QConv2d, QLinear, accepts_option
 
 BitMap = Mapping[str, tuple[int, int]]
 
@@ -75,6 +77,31 @@ class SwitchableBatchNorm2d(nn.Module):
         return f"{self.num_features}, bits={self.bit_list}, active={self._bits}"
 
 
+def _swap_bns(model: nn.Module, spec: QuantSpec, ctx: KindContext) -> None:
+    """Post-pass of ``switchable``: with ``switchable_bn``, the BN after each quantizable conv becomes a
+    :class:`SwitchableBatchNorm2d` over ``w_candidates``, set to its conv's weight bits."""
+    if ctx.options["switchable_bn"]:
+        for bn_name, bn, _ in following_batchnorms(ctx):
+            replace_module(model, bn_name, SwitchableBatchNorm2d.from_float(bn, spec.w_candidates))
+        _sync_bns(model)
+
+
+@register_layer_kind("switchable", layers=(QConv2d, QLinear), options={"switchable_bn": False},
+                     post=_swap_bns)
+def switchable_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindContext) -> QConv2d | QLinear:
+    """QConv2d / QLinear starting at ``spec.w_bits``/``a_bits`` whose quantizers keep per-bit state over
+    ``w_candidates``/``a_candidates`` when they take ``candidate_bits`` (LSQ: one step per bit-width)."""
+    opts = {}
+    for role, quant, options, cands in (("w", spec.w_quant, spec.w_options, spec.w_candidates),
+                                        ("a", spec.a_quant, spec.a_options, spec.a_candidates)):
+        opts[role] = dict(options)
+        if accepts_option(quant, "candidate_bits"):
+            opts[role].setdefault("candidate_bits", list(cands))
+    cls = QConv2d if isinstance(module, nn.Conv2d) else QLinear
+    return cls.from_float(module, w_bits=spec.w_bits, a_bits=spec.a_bits, w_quant=spec.w_quant,
+                          a_quant=spec.a_quant, w_options=opts["w"], a_options=opts["a"])
+
+
 def _fixed_layers(model: nn.Module) -> Iterator[tuple[str, QConv2d | QLinear]]:
     for name, m in model.named_modules():
         if isinstance(m, (QConv2d, QLinear)):
@@ -101,7 +128,7 @@ def _sync_bns(model: nn.Module) -> None:
 def set_bits(model: nn.Module, w_bits: int, a_bits: int) -> None:
     """Set every switchable (not ``bit_frozen``) QConv2d / QLinear to ``(w_bits, a_bits)``, then the BNs.
 
-    Searchable Mixed* layers have no single bit-width and are left alone.
+    Searchable composite layers have no single bit-width and are left alone.
     """
     for _, m in _fixed_layers(model):
         if not m.bit_frozen:

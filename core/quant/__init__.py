@@ -5,8 +5,9 @@
 >>> q(torch.tensor([0.26, 0.30, 5.0])).tolist()  # doctest: +SKIP
 [0.0, 0.538, 1.614]
 
-Names: ``lsq``, ``pact``, ``dorefa``, ``hwgq``, ``gaussian``, ``sign``. ``bits = 32`` means not
-quantized. :func:`set_compiled` switches every quantizer's math to ``torch.compile``d kernels.
+Names: ``lsq``, ``pact``, ``dorefa``, ``hwgq``, ``gaussian``, ``sign``, ``scale_clip``. ``bits = 32``
+means not quantized. :func:`set_compiled` switches every quantizer's math to ``torch.compile``d kernels.
+``quantizer.grid(x)`` states its levels as integers (:class:`IntegerGrid`), which ONNX export writes as QDQ.
 """
 
 from core.quant import functional
@@ -21,10 +22,13 @@ from core.quant.base import (
     set_compiled,
 )
 from core.quant.binary import SignQuantizer
-from core.quant.edmips import GAUSSIAN_COEFS, HWGQ_STEPS, GaussianQuantizer, HWGQQuantizer
 from core.quant.functional import lsq_fake_quant
+from core.quant.gaussian import GAUSSIAN_COEFS, GaussianQuantizer
+from core.quant.grid import IntegerGrid
+from core.quant.hwgq import HWGQ_STEPS, HWGQQuantizer
 from core.quant.lsq import LSQQuantizer
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
+from core.quant.scale_clip import ScaleClipQuantizer
 from core.quant.uniform import DoReFaQuantizer, PACTQuantizer
 
 __all__ = [
@@ -35,9 +39,11 @@ __all__ = [
     "DoReFaQuantizer",
     "GaussianQuantizer",
     "HWGQQuantizer",
+    "IntegerGrid",
     "LSQQuantizer",
     "PACTQuantizer",
     "Quantizer",
+    "ScaleClipQuantizer",
     "SignQuantizer",
     "create_quantizer",
     "functional",

@@ -16,12 +16,15 @@ from __future__ import annotations
 import abc
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from core.errors import ConfigError
+from core.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from core.quant.grid import IntegerGrid
 
 FULL_PRECISION = 32
 DEFAULT_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
@@ -60,6 +63,17 @@ def create_quantizer(name: str, bits: int, **options: Any) -> Quantizer:
         return cls(bits, **options)
     except TypeError as exc:
         raise ConfigError(f"bad options for quantizer {name!r}: {options} ({exc})") from exc
+
+
+def merge_constants(table: dict[int, float], extra: dict[int, float] | None, name: str) -> dict[int, float]:
+    """``table`` with ``extra`` ``{bits: value}`` added or overriding (bits in 1..8, values > 0): the
+    per-bit constants of the fixed-step quantizers (``hwgq`` steps, ``gaussian`` coefficients)."""
+    merged = dict(table)
+    for b, v in (extra or {}).items():
+        if not 1 <= int(b) <= 8 or float(v) <= 0:
+            raise ConfigError(f"{name}: custom constants need bits in 1..8 and positive values, got {b}: {v}")
+        merged[int(b)] = float(v)
+    return merged
 
 
 def set_compiled(enabled: bool, backend: str = "inductor") -> None:
@@ -194,6 +208,12 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """The fake-quantized ``x`` at ``self.bits`` (< 32)."""
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """The integer grid of :meth:`quantize` at ``self.bits`` (see :mod:`core.quant.grid`); ``x`` is the
+        tensor being quantized, needed where the scale depends on it. Quantizers without one raise."""
+        raise ExportError(f"quantizer {self.name or type(self).__name__!r} ({type(self).__name__}) states no "
+                          "integer grid, so it cannot be written as ONNX QuantizeLinear/DequantizeLinear")
 
     def extra_repr(self) -> str:
         return f"bits={self._bits}, role={self.role}"

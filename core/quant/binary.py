@@ -6,6 +6,7 @@ import torch
 
 from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, kernel, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits, require_tensor
 
 
 @register_quantizer("sign")
@@ -33,6 +34,16 @@ class SignQuantizer(Quantizer):
             dims = [d for d in range(x.dim()) if d != axis]
             scale = x.detach().abs().mean(dim=dims, keepdim=True)
         return kernel(F.sign_quant)(x, scale)
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Integers ``+-1`` at step 1, or per channel at step ``mean|W|``; exact."""
+        check_bits(self.bits, self.name)
+        if not self.per_channel_scale:
+            return IntegerGrid(torch.tensor(1.0), -1, 1, odd_only=True)
+        x = require_tensor(x, self.name)
+        axis = self.ch_axis % x.dim()
+        scale = x.abs().mean(dim=[d for d in range(x.dim()) if d != axis])
+        return IntegerGrid(scale, -1, 1, axis=axis, odd_only=True)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, per_channel_scale={self.per_channel_scale}"

@@ -135,25 +135,31 @@ def weight_std(w: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((squares - total * total / n) / max(n - 1, 1)).to(w.dtype)
 
 
-def gaussian_step(std: torch.Tensor, coef: float, bits: int, dtype: torch.dtype
+def gaussian_step(coef: float, std: torch.Tensor, bits: int, clip_bound: str = "grid"
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """EdMIPS's weight step ``coef * std`` and clip bound ``(2^b / 2 - 0.5) * step``, both built in float64
-    from the (``dtype``) std and then cast to ``dtype``, as the official code computes them (``std().item()``
-    times the constant in Python floats). In float32 the product can land one ulp away, which moves
-    weights across rounding boundaries (a whole ResNet-18's logits drift apart)."""
-    step = std.double() * coef
-    return step.to(dtype), (step * (2**bits / 2 - 0.5)).to(dtype)
+    """EdMIPS's weight step ``c_w[b] * std(W)`` and clip bound ``L * step``, ``L = 2^b / 2 - 0.5``, in the
+    std's dtype. The step is built in float64 and then cast, as the official code computes it
+    (``std().item()`` times the constant in Python floats): in float32 the product can land one ulp away,
+    which moves weights across rounding boundaries (a whole ResNet-18's logits drift apart).
+    ``clip_bound="grid"``: ``L * step`` of the cast step, the top level of the quantizer's own grid (the
+    paper's formula; exact integer export); ``"float64"``: ``L * step`` in float64, then cast (the official
+    code's bound; in about a quarter of tensors one ulp off the top level). The one definition the forward
+    kernels and the export grid (``GaussianQuantizer.grid``) share."""
+    step64 = std.double() * coef
+    step = step64.to(std.dtype)
+    limit = 2**bits / 2 - 0.5
+    return step, ((step64 * limit).to(std.dtype) if clip_bound == "float64" else step * limit)
 
 
-def _midrise(w: torch.Tensor, std: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
-    return _midrise_at(w, *gaussian_step(std, coef, bits, w.dtype))
+def _midrise(w: torch.Tensor, std: torch.Tensor, coef: float, bits: int, clip_bound: str) -> torch.Tensor:
+    return _midrise_at(w, *gaussian_step(coef, std, bits, clip_bound))
 
 
 def _midrise_at(w: torch.Tensor, step: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     return torch.clamp((torch.round(w / step + 0.5) - 0.5) * step, -bound, bound)
 
 
-def gaussian_midrise(w: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
+def gaussian_midrise(w: torch.Tensor, coef: float, bits: int, clip_bound: str = "grid") -> torch.Tensor:
     """EdMIPS weights: mid-rise uniform with ``step = coef * std(w)`` (unbiased std, no gradient; the
     step in float64, :func:`gaussian_step`).
 
@@ -161,7 +167,7 @@ def gaussian_midrise(w: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
     identity gradient (no clip mask).
     """
     with torch.no_grad():
-        q = _midrise(w, weight_std(w), coef, bits)
+        q = _midrise(w, weight_std(w), coef, bits, clip_bound)
     return q + (w - w.detach())
 
 
@@ -190,7 +196,7 @@ def hwgq_mixture_sum(x: torch.Tensor, gates: torch.Tensor, steps: tuple[float, .
 
 
 def gaussian_composite(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[float, ...],
-                       bits: tuple[int, ...]) -> torch.Tensor:
+                       bits: tuple[int, ...], clip_bound: str = "grid") -> torch.Tensor:
     """EdMIPS eq. (16) with Gaussian mid-rise candidates on one shared ``w``, ``sum_i gates_i Q_i(w)``,
     differentiated by autograd: the reference of ``core.quant.mixture.gaussian_mixture``. ``bits_i >= 32``
     is the float weight. Gradients: ``dw = grad * sum_i gates_i`` (each candidate's identity STE),
@@ -203,7 +209,7 @@ def gaussian_composite(w: torch.Tensor, gates: torch.Tensor, coefs: tuple[float,
             term = w
         else:
             with torch.no_grad():
-                q = _midrise(w, std, coef, b)
+                q = _midrise(w, std, coef, b, clip_bound)
             term = q + (w - w.detach())
         out = out + gates[i] * term
     return out
@@ -241,7 +247,8 @@ def hwgq_mixture_backward(grad: torch.Tensor, x: torch.Tensor, gates: torch.Tens
     return grad * pass_through, (torch.stack(sums) if need_gates else None)
 
 
-def gaussian_steps(w: torch.Tensor, coefs: tuple[float, ...], bits: tuple[int, ...]) -> torch.Tensor:
+def gaussian_steps(w: torch.Tensor, coefs: tuple[float, ...], bits: tuple[int, ...], clip_bound: str = "grid"
+                   ) -> torch.Tensor:
     """``(candidates, 2)``: each candidate's step and clip bound (:func:`gaussian_step`) from ``std(w)``
     (zeros for a float candidate, ``bits_i >= 32``). Its own kernel, so that the per-element loops of
     :func:`gaussian_mixture_forward` / ``_backward`` read the few scalars instead of recomputing the float64
@@ -249,7 +256,7 @@ def gaussian_steps(w: torch.Tensor, coefs: tuple[float, ...], bits: tuple[int, .
     time per candidate in the backward)."""
     std = weight_std(w)
     zero = torch.zeros((), dtype=w.dtype, device=w.device)
-    return torch.stack([torch.stack(gaussian_step(std, coef, b, w.dtype) if b < 32 else (zero, zero))
+    return torch.stack([torch.stack(gaussian_step(coef, std, b, clip_bound) if b < 32 else (zero, zero))
                         for coef, b in zip(coefs, bits)])
 
 

@@ -10,9 +10,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.errors import ConfigError
+from core.errors import ConfigError, ExportError
 from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, kernel, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits
 
 LSQ_INITS = ("limpq", "lsq")
 #: ``paper``: the LSQ paper's gradients (eq. 3; the official LIMPQ code's, x/s clamped before rounding);
@@ -175,6 +176,15 @@ class LSQQuantizer(Quantizer):
             numel = x.numel()
         grad_scale = 1.0 / math.sqrt(qp * numel)
         return kernel(LSQ_GRADIENTS[self.gradient])(x, step, qn, qp, grad_scale)
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Step ``s`` (per-channel along ``ch_axis``), zero point 0, integers ``[Q_n, Q_p]``; exact."""
+        check_bits(self.bits, self.name)
+        if not bool(self.initialized[self._slot(self.bits)]):
+            raise ExportError(f"lsq step for {self.bits} bits was never initialised (no forward pass or "
+                              "checkpoint at these bits); load the trained weights first")
+        qn, qp = self.qrange(self.bits)
+        return IntegerGrid(self.step_for(self.bits), qn, qp, axis=self.ch_axis if self.per_channel else None)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         self._ready = set()

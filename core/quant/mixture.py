@@ -52,10 +52,11 @@ class _HWGQMixture(torch.autograd.Function):
 
 class _GaussianMixture(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, gates: torch.Tensor | None, coefs: tuple, bits: tuple) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, gates: torch.Tensor | None, coefs: tuple, bits: tuple,
+                clip_bound: str) -> torch.Tensor:
         ctx.single = gates is None  # one candidate of gate 1
         gates = w.new_ones(1) if gates is None else gates.to(w.dtype)
-        steps = _kernel(F.gaussian_steps)(w, coefs, bits)
+        steps = _kernel(F.gaussian_steps)(w, coefs, bits, clip_bound)
         out = kernel(F.gaussian_mixture_forward)(w, gates, steps, bits)
         ctx.save_for_backward(w, gates, steps)
         ctx.bits = bits
@@ -65,9 +66,9 @@ class _GaussianMixture(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         w, gates, steps = ctx.saved_tensors
         if ctx.single:  # one candidate of gate 1: the identity STE passes the gradient through
-            return grad, None, None, None
+            return grad, None, None, None, None
         grad_w, grad_g = kernel(F.gaussian_mixture_backward)(grad, w, gates, steps, ctx.bits)
-        return (grad_w if ctx.needs_input_grad[0] else None), grad_g, None, None
+        return (grad_w if ctx.needs_input_grad[0] else None), grad_g, None, None, None
 
 
 def hwgq_mixture(x: torch.Tensor, gates: torch.Tensor | None, steps: Sequence[float],
@@ -83,12 +84,13 @@ def hwgq_mixture(x: torch.Tensor, gates: torch.Tensor | None, steps: Sequence[fl
 
 
 def gaussian_mixture(w: torch.Tensor, gates: torch.Tensor | None, coefs: Sequence[float],
-                     bits: Sequence[int]) -> torch.Tensor:
+                     bits: Sequence[int], clip_bound: str = "grid") -> torch.Tensor:
     """EdMIPS eq. (16) with Gaussian mid-rise candidates on one shared ``w``: ``sum_i gates_i Q_i(w)``.
 
-    ``Q_i`` has step ``coefs_i * std(w)`` (``bits_i >= 32``: the float weight). Gradients:
+    ``Q_i`` has step ``coefs_i * std(w)`` (``bits_i >= 32``: the float weight) and the clip bound of
+    ``clip_bound`` (:func:`core.quant.functional.gaussian_step`). Gradients:
     ``dw = grad * sum_i gates_i`` (identity STE of every candidate), ``dgates_i = sum(grad * Q_i(w))``.
     ``gates=None``: one candidate with weight 1 (a plain Gaussian quantizer).
     """
     return _GaussianMixture.apply(w, gates, tuple(float(c) for c in coefs),
-                                  tuple(int(b) for b in bits))
+                                  tuple(int(b) for b in bits), clip_bound)

@@ -7,6 +7,7 @@ from torch import nn
 
 from core.quant import functional as F
 from core.quant.base import FULL_PRECISION, Quantizer, kernel, register_quantizer
+from core.quant.grid import IntegerGrid, check_bits, require_tensor
 
 
 @register_quantizer("pact")
@@ -32,6 +33,12 @@ class PACTQuantizer(Quantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return kernel(F.pact_quant)(x, self.alpha, 2**self.bits - 1, self.rounding_grad)
 
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Step ``alpha / (2^b - 1)`` (computed as the forward does), integers ``[0, 2^b - 1]``; exact."""
+        check_bits(self.bits, self.name)
+        levels = 2**self.bits - 1
+        return IntegerGrid(self.alpha.detach() / levels, 0, levels)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rounding_grad={self.rounding_grad}"
 
@@ -53,3 +60,20 @@ class DoReFaQuantizer(Quantizer):
                 return kernel(F.dorefa_weight_binary)(x)
             return kernel(F.dorefa_weight)(x, levels)
         return kernel(F.dorefa_activation)(x, levels)
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
+        """Not exact for k >= 2. Activations: integers ``[0, 2^k - 1]`` at step ``1 / (2^k - 1)``. Weights
+        (eq. 9): ``2 k / (2^k - 1) - 1`` are the odd integers ``[-(2^k - 1), 2^k - 1]`` at the same step (a
+        container one bit wider); 1 bit (eq. 7): ``+-1`` at step ``E|w|`` (exact). The levels are the same
+        in real arithmetic, but ``1 / (2^k - 1)`` has no exact float32 value: the forward multiplies and
+        divides by ``2^k - 1`` where QDQ divides and multiplies by the rounded step, so level values differ
+        by up to an ulp and inputs within an ulp of a rounding boundary can pick the neighbouring level."""
+        check_bits(self.bits, self.name)
+        if self.role == "weight" and self.bits == 1:
+            return IntegerGrid(require_tensor(x, self.name).abs().mean(), -1, 1, odd_only=True)
+        levels = 2**self.bits - 1
+        step = torch.tensor(1.0 / levels, dtype=torch.float32)
+        note = f"1/{levels} is not a float32 number: levels and rounding boundaries differ by up to 1 ulp"
+        weight = self.role == "weight"
+        return IntegerGrid(step, -levels if weight else 0, levels, exact=levels == 1, odd_only=weight,
+                           note="" if levels == 1 else note)

@@ -11,3 +11,18 @@ Stages (each a CLI command, ``mpq edmips search|discretize|train|plot``):
 
 See ``papers/edmips/README.md`` for the equation -> code table.
 """
+
+from pathlib import Path
+
+from core.paper import Paper
+
+PAPER = Paper(
+    name="edmips",
+    title="EdMIPS: efficient differentiable mixed-precision network search (CVPR 2020)",
+    cli="papers.edmips.cli:register",
+    config_schema="papers.edmips.config:EdmipsConfig",
+    configs=Path(__file__).resolve().parent / "configs",
+    methods=("papers.edmips.bench:METHOD",),
+    perf="papers.edmips.perf:PERF",
+    smoke="papers.edmips.cli:smoke",
+)

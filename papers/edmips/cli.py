@@ -6,7 +6,10 @@ Each stage takes ``-c CONFIG`` (a YAML path, or the name of a packaged config su
     mpq edmips search -c digits search.eta=0.02 run.out_dir=runs/edmips/digits
     torchrun --nproc_per_node 8 -m core.cli edmips search -c resnet18_imagenet data.root=/data/imagenet
 
-Stages resume from their last checkpoint with ``run.resume=auto`` (the default).
+Each stage writes its own run directory under ``run.out_dir`` (default ``runs/edmips/<config name>``):
+``search/``, ``discretize/`` (``policy.json``), ``train/`` (``results.json``). A stage resumes its last
+checkpoint only when the config is the same as far as that stage reads it (``run.resume=auto``, the
+default); otherwise it stops naming the differing keys (``run.resume=none`` starts the stage afresh).
 """
 
 from __future__ import annotations
@@ -14,29 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.errors import ConfigError
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def config_path(name: str | None) -> Path | None:
-    """A YAML path as given, or ``configs/<name>.yaml`` of this package."""
-    if name is None:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config); packaged: {known}")
+from papers.edmips import PAPER
 
 
 def load(args: argparse.Namespace):
-    from papers.edmips.config import load_edmips_config
-
-    return load_edmips_config(config_path(args.config), args.overrides)
+    """The EdmipsConfig of ``-c NAME|PATH`` plus the overrides (core.paper.Paper.load_config)."""
+    return PAPER.load_config(args.config, args.overrides)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -81,12 +67,21 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", default=None,
-                        help="YAML config path or packaged config name (papers/edmips/configs/NAME.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. search.eta=0.002 data.root=/data/imagenet")
-    return parser
+def smoke(out_dir: Path) -> Path:
+    """search -> discretize -> train on the ``digits`` config shrunk to seconds; returns results.json."""
+    from papers.edmips.discretize import run_discretize
+    from papers.edmips.search import run_search
+    from papers.edmips.train import run_train
+
+    cfg = PAPER.load_config("digits", [
+        f"run.out_dir={out_dir}", "data.image_size=8", "data.batch_size=32",
+        "model.kwargs={widths: [4, 8, 8], blocks: 1}", "search.schedule.epochs=1",
+        "search.max_steps_per_epoch=3", "train.schedule.epochs=1", "train.schedule.milestones=[1]",
+        "train.max_steps_per_epoch=3", "run.log_every=100"])
+    run_search(cfg)
+    run_discretize(cfg)
+    run_train(cfg)
+    return Path(cfg.run.out_dir) / "train" / "results.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -95,12 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = group.add_subparsers(metavar="STAGE")
     stages = (("search", _search, "train the relaxed search model (section 4) -> RUN_DIR/search/"),
-              ("discretize", _discretize, "derive the bit policy (section 4.7) -> RUN_DIR/policy.json"),
+              ("discretize", _discretize, "derive the bit policy (section 4.7) -> RUN_DIR/discretize/"),
               ("train", _train, "train the discretised / uniform network from scratch (section 5.1) "
-                                "-> RUN_DIR/results.json"),
+                                "-> RUN_DIR/train/results.json"),
               ("run", _run, "search, discretize and train in one go"))
     for name, func, text in stages:
-        _with_config(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
+        PAPER.add_config_arguments(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
     p = sub.add_parser("plot", help="architecture evolution (Fig. 4), complexity evolution (Fig. 7(b)) and "
                                     "bit allocation (Fig. 6) PNGs")
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="run directories (run.out_dir) of searches")

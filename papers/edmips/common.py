@@ -1,39 +1,51 @@
-"""What every EdMIPS stage shares: run directories, process setup, data loaders, results metadata."""
+"""What every EdMIPS stage shares: run directories and their identities, process setup and data loaders
+(core's, with EdMIPS's per-epoch step cap for smoke runs).
+
+Each stage is one run directory under ``run.out_dir`` (``core.engine.RunDir``: its lock, ``run.json``,
+resume only by the same run) and writes only there: ``search/``, ``discretize/`` (``policy.json``),
+``train/`` (``results.json``). A stage's identity leaves out the sections it does not read, so changing
+``train.*`` never disowns a search, and the training's identity carries the bits it trains.
+"""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import core
 from core.config import DataConfig
-from core.data import build_dataset_from_config, build_loader, dataset_info
-from core.engine import DistInfo, init_distributed, seed_everything
-from core.errors import ConfigError
-from core.quant import set_compiled
+from core.engine import DistInfo, classification_data, config_identity, num_classes_for, setup_process
+from core.policy import BitPolicy
 from papers.edmips.config import EdmipsConfig
 
-SEARCH_DIR, TRAIN_DIR = "search", "train"
+SEARCH_DIR, DISCRETIZE_DIR, TRAIN_DIR = "search", "discretize", "train"
 POLICY_FILE, RESULTS_FILE = "policy.json", "results.json"
+#: The config sections each stage does not read (left out of its identity).
+_NOT_READ = {SEARCH_DIR: ["discretize", "train"], DISCRETIZE_DIR: ["train"],
+             TRAIN_DIR: ["search", "discretize"]}
 
 
-def run_paths(cfg: EdmipsConfig) -> tuple[Path, Path, Path]:
-    """(run root, search dir, train dir) of a config."""
-    root = Path(cfg.run.out_dir)
-    return root, root / SEARCH_DIR, root / TRAIN_DIR
+def stage_dir(cfg: EdmipsConfig, stage: str) -> Path:
+    """``run.out_dir/<stage>``: the run directory of ``search``, ``discretize`` or ``train``."""
+    return Path(cfg.run.out_dir) / stage
+
+
+def search_dir(cfg: EdmipsConfig) -> Path:
+    """The search a discretize stage reads: ``discretize.search_dir``, by default ``RUN_DIR/search``."""
+    return Path(cfg.discretize.search_dir) if cfg.discretize.search_dir else stage_dir(cfg, SEARCH_DIR)
+
+
+def stage_identity(cfg: EdmipsConfig, stage: str, policy: BitPolicy | None = None) -> dict:
+    """The identity of ``stage``'s run (:func:`core.engine.config_identity`): the config without the
+    sections the stage does not read; the training's also holds the ``policy`` it trains (whose search
+    and discretisation are checked through the policy's producer records instead)."""
+    return config_identity(cfg, exclude=_NOT_READ[stage], policy=policy)
 
 
 def setup(cfg: EdmipsConfig) -> DistInfo:
-    """Join torchrun's process group (if any), seed, and pick the quantizers' eager/compiled path."""
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
-    set_compiled(bool(cfg.run.compile))
-    return info
+    """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
+    return setup_process(cfg.run)
 
 
 class CappedLoader:
@@ -66,37 +78,11 @@ class Data:
 
 
 def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> Data:
-    """Train / val loaders of ``data`` with the per-process batch (``data.batch_size`` is global)."""
-    meta = dataset_info(data.name)
-    size = data.image_size or meta.default_image_size
-    if data.batch_size % info.world_size:
-        raise ConfigError(f"data.batch_size={data.batch_size} is not divisible by the {info.world_size} "
-                          "processes; it is the global batch size")
-    per_rank = data.batch_size // info.world_size
-    train_set = build_dataset_from_config(data, "train")
-    val_set = build_dataset_from_config(data, "val", augment=False)
-    train = build_loader(train_set, per_rank, train=True, workers=data.workers, seed=seed)
-    val = build_loader(val_set, (data.val_batch_size or data.batch_size) // info.world_size or 1,
-                       train=False, workers=data.workers)
-    return Data(CappedLoader(train, max_steps), val, meta.num_classes, (meta.in_channels, size, size))
+    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data)."""
+    d = classification_data(data, seed, info=info)
+    return Data(CappedLoader(d.train, max_steps), d.val, d.num_classes, d.input_size)
 
 
-def num_classes_of(cfg: EdmipsConfig, data: Data) -> int:
-    return cfg.model.num_classes or data.num_classes
-
-
-def code_version() -> str:
-    """The package version plus the git revision of the checkout when there is one."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
-        sha = rev.stdout.strip() if rev.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{core.__version__}+{sha}" if sha else core.__version__
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
+def num_classes_of(cfg: EdmipsConfig) -> int:
+    """``model.num_classes``, or the dataset's when it is None."""
+    return num_classes_for(cfg.model, cfg.data.name)

@@ -11,22 +11,16 @@ from dataclasses import dataclass, field
 
 from core.config import (
     DataConfig,
+    ExperimentConfig,
+    ModelConfig,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
     load_config,
 )
 
-
-@dataclass
-class ModelConfig:
-    """The network. ``name`` goes to ``core.models.build_model``: ``edmips_resnet18/50`` are the official
-    BN-before-conv ResNets, ``resnet18/50``, ``alexnet``, ``googlenet``, ``inception_v3`` come from
-    torchvision (auxiliary classifiers removed, section 5.1)."""
-
-    name: str = "edmips_resnet18"
-    num_classes: int = 0  # 0: take it from the dataset
-    kwargs: dict = field(default_factory=dict)
+__all__ = ["ModelConfig", "QuantConfig", "SearchConfig", "DiscretizeConfig", "TrainConfig", "EdmipsConfig",
+           "load_edmips_config"]
 
 
 @dataclass
@@ -38,6 +32,9 @@ class QuantConfig:
     w_quantizer: str = "gaussian"  # eq. 3: Lloyd-Max optimal uniform step for N(0, sigma^2)
     a_quantizer: str = "hwgq"  # half-wave Gaussian quantizer of HWGQ-Net
     shared_weight: bool = True  # eq. 16 (one W for every candidate); false: eq. 15 (one W_i each)
+    # gaussian's clip bound: "grid" (the top level of its own grid: exact integer export) or "float64" (the
+    # official code's, built in float64: one ulp off in about a quarter of tensors; bit for bit official)
+    w_clip_bound: str = "grid"
 
 
 @dataclass
@@ -85,9 +82,14 @@ class TrainConfig:
 
 
 @dataclass
-class EdmipsConfig:
-    row: str = ""  # id of the paper's table row this config reproduces
-    model: ModelConfig = field(default_factory=ModelConfig)
+class EdmipsConfig(ExperimentConfig):
+    """The shared sections (``table_row``, ``model``, ``data``, ``run``: core.config.ExperimentConfig)
+    with EdMIPS's defaults, plus the search space and the three stages. ``model.name`` goes to
+    ``core.models.build_model``: ``edmips_resnet18/50`` are the official BN-before-conv ResNets,
+    ``resnet18/50``, ``alexnet``, ``googlenet``, ``inception_v3`` come from torchvision (auxiliary
+    classifiers removed, section 5.1)."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="edmips_resnet18"))
     data: DataConfig = field(default_factory=lambda: DataConfig(name="imagenet", batch_size=256))
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

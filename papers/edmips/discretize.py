@@ -3,9 +3,9 @@
 The search writes ``search/arch_state.json`` (per layer: candidates, alpha at full float32 precision, pi
 and the cost bases). This stage reads only that file, applies the rule of ``discretize.rule`` to the
 weights and the activations of each layer independently (winner-take-all on the raw alphas, as the
-official code does: the float32 pi of two alphas one ulp apart can tie), and writes ``policy.json`` (a
-:class:`core.policy.BitPolicy`) whose ``meta`` carries
-the BitOps and average bits under the ``edmips`` counting convention.
+official code does: the float32 pi of two alphas one ulp apart can tie), and writes
+``discretize/policy.json`` (a :class:`core.policy.BitPolicy`) whose ``meta`` carries the BitOps and average
+bits under the ``edmips`` counting convention.
 
 Multinomial sampling (eq. 19): each architecture is drawn layer by layer as ``O ~ Multinomial(n, pi)`` and
 keeps, per layer, the candidate with the highest count among the n trials (n = ``discretize.trials``; n = 1 is
@@ -21,16 +21,23 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from core.bops import BopsReport, count
-from core.data import dataset_info
-from core.engine import atomic_write_text, barrier, is_main, log
+from core.engine import RunDir, atomic_write_text, barrier, check_producer, is_main, log
 from core.errors import ConfigError
+from core.io import read_json
 from core.policy import BitPolicy
-from papers.edmips.common import POLICY_FILE, run_paths
+from papers.edmips.common import (
+    DISCRETIZE_DIR,
+    POLICY_FILE,
+    SEARCH_DIR,
+    num_classes_of,
+    search_dir,
+    stage_dir,
+    stage_identity,
+)
 from papers.edmips.config import EdmipsConfig
 from papers.edmips.models import build_float_model
 from papers.edmips.rules import RULES, select
@@ -39,12 +46,9 @@ ARCH_STATE_FILE = "arch_state.json"
 
 
 def load_arch_state(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run `mpq edmips search` with the same config (run.out_dir) "
-                          "first")
+    hint = "run `mpq edmips search` with the same config (run.out_dir) first"
+    state = read_json(path, "EdMIPS architecture state", hint, ConfigError)
     try:
-        state = json.loads(path.read_text())
         for layer in state["layers"]:
             _ = layer["name"], layer["pi_w"], layer["pi_a"], layer["w_candidates"], layer["a_candidates"]
             _ = layer["alpha_w"], layer["alpha_a"]
@@ -136,20 +140,31 @@ def policy_counts(cfg: EdmipsConfig, policy: BitPolicy, input_size: tuple[int, .
 
 
 def run_discretize(cfg: EdmipsConfig) -> BitPolicy:
-    """``mpq edmips discretize``: RUN_DIR/search/arch_state.json -> RUN_DIR/policy.json."""
+    """``mpq edmips discretize``: the search's arch_state.json -> RUN_DIR/discretize/policy.json.
+
+    The search must be this config's (its ``run.json``: differing keys are an error naming them, a search
+    that stopped early a warning). The policy's meta carries the records of both producers, ``search``
+    and ``producer`` (this stage; :meth:`core.engine.RunDir.producer_record`), which the training checks."""
     t0 = time.perf_counter()
-    root, search_dir, _ = run_paths(cfg)
     d = cfg.discretize
-    state = load_arch_state((Path(d.search_dir) if d.search_dir else search_dir) / ARCH_STATE_FILE)
-    policy, summary = discretize_state(state, d.rule, d.trials, d.samples, d.target_avg_bits, d.seed)
-    num_classes = cfg.model.num_classes or dataset_info(cfg.data.name).num_classes
-    report = policy_counts(cfg, policy, state["input_size"], num_classes)
-    policy.meta.update(bops=report.bops, avg_bits=report.avg_bits, macs=report.macs,
-                       dataset=cfg.data.name, row=cfg.row, discretize_wall_s=time.perf_counter() - t0)
-    if is_main():
-        policy.save(root / POLICY_FILE)
-        atomic_write_text(root / "discretize_samples.json", json.dumps(summary, indent=1) + "\n")
-    barrier()  # under torchrun, every rank of a following train stage reads the file rank 0 wrote
+    source = search_dir(cfg)
+    with RunDir(stage_dir(cfg, DISCRETIZE_DIR)) as run:
+        run.claim(stage_identity(cfg, DISCRETIZE_DIR), cfg.run.resume)  # nothing written yet
+        state = load_arch_state(source / ARCH_STATE_FILE)
+        check_producer(source, stage_identity(cfg, SEARCH_DIR), what="EdMIPS search",
+                       fix="Run `mpq edmips search` with this config first (or set discretize.search_dir "
+                           "to a search of this config).")
+        policy, summary = discretize_state(state, d.rule, d.trials, d.samples, d.target_avg_bits, d.seed)
+        report = policy_counts(cfg, policy, state["input_size"], num_classes_of(cfg))
+        run.start(cfg)
+        policy.meta.update(bops=report.bops, avg_bits=report.avg_bits, macs=report.macs,
+                           dataset=cfg.data.name, table_row=cfg.table_row,
+                           discretize_wall_s=time.perf_counter() - t0,
+                           search=RunDir(source).producer_record(), producer=run.producer_record())
+        if is_main():
+            policy.save(run.path / POLICY_FILE)
+            atomic_write_text(run.path / "discretize_samples.json", json.dumps(summary, indent=1) + "\n")
+        barrier()  # under torchrun, every rank of a following train stage reads the file rank 0 wrote
     log(f"EdMIPS discretize ({d.rule}): {len(policy)} layers, BitOps {report.bops / 1e9:.4f} G, "
-        f"average bits {report.avg_bits:.3f} (edmips convention) -> {root / POLICY_FILE}")
+        f"average bits {report.avg_bits:.3f} (edmips convention) -> {run.path / POLICY_FILE}")
     return policy

@@ -51,7 +51,7 @@ def _prepare(model: torch.nn.Module, x: torch.Tensor, variant: str
     """``model`` turned into ``variant`` (on ``x``'s device, in training mode) and its complexity loss."""
     input_size = tuple(x.shape[1:])
     if variant == "uniform":
-        quantize_model(model, QuantSpec(mode="fixed", w_quant="gaussian", a_quant="hwgq", w_bits=2, a_bits=2))
+        quantize_model(model, QuantSpec(kind="fixed", w_quant="gaussian", a_quant="hwgq", w_bits=2, a_bits=2))
     rc = None
     if variant.startswith("search"):
         w = [1, 2, 3, 4] if variant == "search_w4" else list(range(1, 9))

@@ -9,7 +9,7 @@
   ``arch_history.json``. Figure 7(b) draws five ResNet-18 searches of different eta in one plot:
   :func:`plot_complexity_evolution` takes several runs;
 - ``bit_allocation.png`` (Figure 6): the discretised weight and activation bits of every layer, read from
-  ``policy.json``, with each layer's share of the MACs (the cost the bits multiply).
+  ``discretize/policy.json``, with each layer's share of the MACs (the cost the bits multiply).
 
 ``mpq edmips plot RUN_DIR [RUN_DIR ...]`` regenerates them from the run directories alone (with several
 runs, their complexity curves also go into one figure, ``--out``).
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.io import atomic_path
+from core.io import atomic_path, read_json
 
 HISTORY_FILE = "arch_history.json"
 
@@ -44,12 +44,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def load_history(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run `mpq edmips search` first (it records the architecture "
-                          "evolution there)")
+    history = read_json(path, "EdMIPS architecture history", "run `mpq edmips search` first (it records the "
+                                                             "architecture evolution there)", ConfigError)
     try:
-        history = json.loads(path.read_text())
         _ = history["layers"], history["w_candidates"], history["a_candidates"], history["epochs"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not an EdMIPS architecture history ({exc})") from exc
@@ -132,11 +129,11 @@ def plot_bit_allocation(layers: list[dict], out_path: str | os.PathLike,
 
 
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Accept the run root or its ``search``/``train`` sub-directory."""
+    """Accept the run root or its ``search``/``discretize``/``train`` sub-directory."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
-    if run_dir.name in ("search", "train") and not (run_dir / "search").is_dir():
+    if run_dir.name in ("search", "discretize", "train") and not (run_dir / "search").is_dir():
         run_dir = run_dir.parent
     return run_dir
 
@@ -162,7 +159,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         history = load_history(history_path)
         written += plot_arch_evolution(history, out)
         written.append(plot_complexity_evolution([(run_dir.name, history)], out / "complexity_evolution.png"))
-    policy_path = run_dir / "policy.json"
+    policy_path = run_dir / "discretize" / "policy.json"
     if policy_path.is_file():
         data = json.loads(policy_path.read_text())
         meta = data.get("meta", {})
@@ -172,5 +169,5 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
                                            macs=meta.get("layer_macs"), title=title))
     if not written:
         raise ConfigError(f"nothing to plot in {run_dir}: expected search/{HISTORY_FILE} (from `mpq edmips "
-                          "search`) or policy.json (from `mpq edmips discretize`)")
+                          "search`) or discretize/policy.json (from `mpq edmips discretize`)")
     return written

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch.nn as nn
 
 from core.config import config_to_dict
 from core.engine import (
+    RunDir,
     Trainer,
     accuracy,
     atomic_write_text,
@@ -39,7 +39,7 @@ from core.engine import (
 )
 from core.errors import ConfigError
 from core.nn import arch_parameters, weight_parameters
-from papers.edmips.common import build_data, num_classes_of, run_paths, setup
+from papers.edmips.common import SEARCH_DIR, build_data, num_classes_of, setup, stage_dir, stage_identity
 from papers.edmips.complexity import ComplexityLoss, LayerCost, measure_layer_costs
 from papers.edmips.config import EdmipsConfig
 from papers.edmips.models import build_float_model, build_search_model
@@ -181,32 +181,32 @@ def build_search(cfg: EdmipsConfig, num_classes: int, input_size: tuple[int, int
 
 
 def run_search(cfg: EdmipsConfig) -> dict:
-    """``mpq edmips search``: train the relaxed network on eq. 6; writes RUN_DIR/search/."""
-    t0 = time.perf_counter()
+    """``mpq edmips search``: train the relaxed network on eq. 6; writes RUN_DIR/search/, whose lock it
+    holds from the start (a second run into it stops at once) to the end."""
     info = setup(cfg)
-    data = build_data(cfg.data, info, cfg.run.seed, cfg.search.max_steps_per_epoch)
-    _, search_dir, _ = run_paths(cfg)
-    model, layers, costs, complexity = build_search(cfg, num_classes_of(cfg, data), data.input_size,
-                                                    info.device)
-    optimizers = {"weights": build_optimizer(cfg.search.optim, weight_parameters(model)),
-                  "arch": build_optimizer(cfg.search.arch_optim, arch_parameters(model))}
-    steps = len(data.train)
-    schedulers = {name: build_scheduler(cfg.search.schedule, opt, steps) for name, opt in optimizers.items()}
-    kwargs = trainer_kwargs(cfg.run, cfg.search.optim)
-    kwargs.update(run_dir=search_dir, eval_every=cfg.search.eval_every or cfg.search.schedule.epochs)
-    trainer = EdmipsSearchTrainer(
-        model, optimizers, data.train, data.val, epochs=cfg.search.schedule.epochs, schedulers=schedulers,
-        device=info.device, config=config_to_dict(cfg), complexity=complexity, layers=layers, costs=costs,
-        eta=cfg.search.eta, strategy=cfg.search.strategy, history_dir=search_dir,
-        state_meta={"model": cfg.model.name, "input_size": list(data.input_size),
-                    "dataset": cfg.data.name, "row": cfg.row},
-        **kwargs)
-    with torch.no_grad():
-        rc0 = float(complexity())
-    log(f"EdMIPS search: {len(layers)} searchable layers, eta={cfg.search.eta}, R_C={rc0:.4f} "
-        f"(eta*R_C={cfg.search.eta * rc0:.4f})")
-    record = trainer.fit()
-    wall = time.perf_counter() - t0
-    if is_main():
-        atomic_write_text(search_dir / "search_time.json", json.dumps({"search_wall_s": wall}) + "\n")
-    return {**record, "search_wall_s": wall}
+    with RunDir(stage_dir(cfg, SEARCH_DIR)) as run:
+        identity = stage_identity(cfg, SEARCH_DIR)
+        run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
+        data = build_data(cfg.data, info, cfg.run.seed, cfg.search.max_steps_per_epoch)
+        model, layers, costs, complexity = build_search(cfg, num_classes_of(cfg), data.input_size,
+                                                        info.device)
+        optimizers = {"weights": build_optimizer(cfg.search.optim, weight_parameters(model)),
+                      "arch": build_optimizer(cfg.search.arch_optim, arch_parameters(model))}
+        steps = len(data.train)
+        schedulers = {name: build_scheduler(cfg.search.schedule, opt, steps)
+                      for name, opt in optimizers.items()}
+        kwargs = trainer_kwargs(cfg.run, cfg.search.optim)
+        kwargs.update(run_dir=run, eval_every=cfg.search.eval_every or cfg.search.schedule.epochs)
+        trainer = EdmipsSearchTrainer(
+            model, optimizers, data.train, data.val, epochs=cfg.search.schedule.epochs, schedulers=schedulers,
+            device=info.device, config=config_to_dict(cfg), identity=identity, complexity=complexity,
+            layers=layers, costs=costs, eta=cfg.search.eta, strategy=cfg.search.strategy,
+            history_dir=run.path, state_meta={"model": cfg.model.name, "input_size": list(data.input_size),
+                                              "dataset": cfg.data.name, "table_row": cfg.table_row},
+            **kwargs)
+        with torch.no_grad():
+            rc0 = float(complexity())
+        log(f"EdMIPS search: {len(layers)} searchable layers, eta={cfg.search.eta}, R_C={rc0:.4f} "
+            f"(eta*R_C={cfg.search.eta * rc0:.4f})")
+        record = trainer.fit()
+    return {**record, "search_wall_s": trainer.wall_time_s}

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from core.errors import ConfigError
+from papers.llt import PAPER
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,42 +62,50 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def smoke(out_dir: Path) -> Path:
+    """indicators -> ILP -> fine-tuning on the ``digits`` config shrunk to seconds; returns results.json."""
+    from papers.llt.finetune import run_finetune
+    from papers.llt.onetime import run_indicators
+
+    cfg = PAPER.load_config("digits", [
+        f"run.out_dir={out_dir}", "data.image_size=8", "data.batch_size=128", "indicators.schedule.epochs=1",
+        "indicators.eval_bits=[]", "finetune.schedule.epochs=1", "finetune.bn_calibration_images=128",
+        "run.log_every=1000"])
+    run_indicators(cfg)
+    run_finetune(cfg)
+    return Path(cfg.run.out_dir) / "finetune" / "results.json"
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, help="YAML config (papers/llt/configs/*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/data/imagenet")
+    PAPER.add_config_arguments(p, required=True)
 
 
 def _cmd_indicators(args: argparse.Namespace) -> int:
-    from core.config import load_config
-    from papers.llt.config import LLTConfig
     from papers.llt.onetime import run_indicators
 
-    cfg = load_config(LLTConfig, args.config, args.overrides)
-    run_indicators(cfg)
+    run_indicators(PAPER.load_config(args.config, args.overrides))
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from core.config import load_config
-    from papers.llt.config import LLTConfig
     from papers.llt.finetune import run_finetune
 
-    cfg = load_config(LLTConfig, args.config, args.overrides)
-    run_finetune(cfg)
+    run_finetune(PAPER.load_config(args.config, args.overrides))
     return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from core.models import build_model
     from papers.llt.indicators import ImportanceIndicators
-    from papers.llt.search import PAPER_ALPHA, SearchSettings, search_policy
+    from papers.llt.search import search_policy
+    from papers.llt.settings import SearchSettings, paper_alpha
 
     if (args.w_bits is None) != (args.a_bits is None):
         raise ConfigError("a BitOPs budget needs both --w-bits and --a-bits")
     indicators = ImportanceIndicators.load(args.indicators)
     t0 = time.perf_counter()
     model = build_model(args.model, num_classes=args.num_classes)
-    alpha = args.alpha if args.alpha is not None else PAPER_ALPHA.get(args.model, 2.0)
+    alpha = args.alpha if args.alpha is not None else paper_alpha(args.model)
     settings = SearchSettings(alpha=alpha, bits=args.bits, w_bits=args.w_bits, a_bits=args.a_bits,
                               compression=args.compression, weight_only_a_bits=args.weight_only,
                               macs=args.macs, nonmonotone_rule=not args.no_nonmonotone_rule,

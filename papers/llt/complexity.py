@@ -38,6 +38,14 @@ def layer_costs(model: nn.Module, names: list[str], input_size: tuple[int, int, 
     if not_run:
         raise PolicyError(f"layer(s) {not_run[:5]} never ran in the forward pass; they cannot be searched")
     searchable = set(names)
+    uncovered = [r.name for r in report.rows
+                 if r.kind != "matmul" and not r.role and r.name not in searchable]
+    if uncovered:
+        more = " ..." if len(uncovered) > 8 else ""
+        raise PolicyError(f"the indicators cover {len(names)} of the model's {len(names) + len(uncovered)} "
+                          "searchable layers (every conv/linear layer but the first and the last); missing: "
+                          f"{', '.join(uncovered[:8])}{more}. They would stay unsearched at 8 bits: the "
+                          "indicators and --model must match")
     macs = {r.name: _truncated_macs(r) if convention == "limpq_int" else float(r.macs) for r in report.rows}
     return LayerCosts(
         names=tuple(names),

@@ -1,19 +1,22 @@
 """One config per reported setting, read by ``mpq llt indicators``, ``search``-from-config and ``finetune``.
 
-A run directory ``run.out_dir`` holds ``indicators/`` (stage 1 run, ``indicators.json``), ``policy.json``
-(the ILP's result) and ``finetune/`` (stage 3 run, ``results.json``). Defaults are the supplementary's
-recipe plus the official code's extras; each is a key that can be overridden (``key=value``).
+A run directory ``run.out_dir`` (default ``runs/llt/<config name>``) holds ``indicators/`` (stage 1 run,
+``indicators.json``) and ``finetune/`` (stages 2 and 3: ``policy.json``, the ILP's result, and
+``results.json``), each a ``core.engine.RunDir`` with its own identity (:func:`stage_identity`). Defaults
+are the supplementary's recipe plus the official code's extras; each is a key that can be overridden
+(``key=value``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from core.config import DataConfig, OptimConfig, RunConfig, ScheduleConfig
-from papers.llt.common import ModelConfig
-from papers.llt.search import SearchSettings
+from core.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
+from papers.llt.settings import SearchSettings
+
+__all__ = ["DEFAULT_BITS", "IndicatorStage", "FinetuneStage", "LLTConfig", "stage_identity"]
 
 DEFAULT_BITS = [6, 5, 4, 3, 2]
 
@@ -58,7 +61,10 @@ class FinetuneStage:
 
 
 @dataclass
-class LLTConfig:
+class LLTConfig(ExperimentConfig):
+    """The shared sections (``table_row``, ``model``, ``data``, ``run``: core.config.ExperimentConfig;
+    ``model.pretrained`` is the float model both stages start from) plus LLT's stages."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/llt"))
@@ -68,7 +74,6 @@ class LLTConfig:
     indicators: IndicatorStage = field(default_factory=IndicatorStage)
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
-    table_row: str | None = None  # id of the paper's table row this config reproduces
 
     @property
     def indicators_path(self) -> Path:
@@ -76,5 +81,26 @@ class LLTConfig:
             Path(self.run.out_dir) / "indicators" / "indicators.json"
 
     @property
+    def finetune_dir(self) -> Path:
+        return Path(self.run.out_dir) / "finetune"
+
+    @property
     def policy_path(self) -> Path:
-        return Path(self.finetune.policy) if self.finetune.policy else Path(self.run.out_dir) / "policy.json"
+        return Path(self.finetune.policy) if self.finetune.policy else self.finetune_dir / "policy.json"
+
+
+def stage_identity(cfg: LLTConfig, stage: Literal["indicators", "finetune"], policy: Any = None) -> dict:
+    """The identity of the ``indicators`` or ``finetune`` run (:func:`core.engine.config_identity`).
+
+    The indicators: the config without ``search`` and ``finetune``. The fine-tuning: without
+    ``indicators`` (unless it starts from the indicator network, ``finetune.init=indicators``) and without
+    ``search`` when ``finetune.policy`` names the policy, plus the ``policy`` it trains; the indicators a
+    search read are checked through their own record (``core.engine.check_producer``)."""
+    from core.engine import config_identity
+
+    if stage == "indicators":
+        return config_identity(cfg, exclude=["search", "finetune"])
+    exclude = [] if cfg.finetune.init == "indicators" else ["indicators"]
+    if cfg.finetune.policy:
+        exclude.append("search")
+    return config_identity(cfg, exclude=exclude, policy=policy)

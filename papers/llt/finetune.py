@@ -2,58 +2,66 @@
 
 LSQ weights and activations at the policy's bits; first conv W8 with its input unquantized, fc W8A8;
 SGD lr 0.04, momentum 0.9, wd 2.5e-5, cosine with 5 warm-up epochs, label smoothing 0.1, 90 epochs;
-BatchNorm statistics re-estimated on about 6000 training images before the final evaluation. Writes
-``results.json`` (fields of ../shared/DESIGN.md) into ``<run.out_dir>/finetune``.
+BatchNorm statistics re-estimated on about 6000 training images before the final evaluation
+(``core.engine.reestimate_bn_statistics``). Writes ``results.json`` (a :class:`core.results.RunResult`;
+``extra``: searchable layers, float size, compression ratio, BN calibration images, epochs, python and
+torch versions) into ``<run.out_dir>/finetune``, with ``final.pt`` (the evaluated weights) and
+``export.json`` for ``mpq export`` (``core.export.spec``).
 """
 
 from __future__ import annotations
 
 import math
 import platform
-import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-import core
 from core.bops import count
-from core.config import config_to_dict
 from core.engine import (
+    DistInfo,
+    RunDir,
     Trainer,
-    all_reduce_mean,
     barrier,
+    build_model_from_config,
     build_optimizer,
     build_scheduler,
+    classification_data,
     evaluate,
-    get_info,
-    init_distributed,
     is_main,
     load_checkpoint,
     log,
-    move_to,
-    seed_everything,
+    num_classes_for,
+    reestimate_bn_statistics,
+    setup_process,
     trainer_kwargs,
-    unwrap,
 )
 from core.errors import CheckpointError, ConfigError, PolicyError
-from core.io import atomic_write_json
+from core.export.spec import ExportSpec, save_weights, write_export_spec
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
-from papers.llt.common import build_float_model, build_loaders, input_size
-from papers.llt.config import LLTConfig
+from core.results import RunResult, run_result, write_results
+from papers.llt.config import LLTConfig, stage_identity
 from papers.llt.search import search_from_config
+
+
+def finetune_spec(first_layer: str = "w8", last_layer: str = "w8a8", lsq_gradient: str = "paper"
+                  ) -> QuantSpec:
+    """LSQ weights and activations (``lsq_gradient``: the LSQ quantizer's ``gradient``); the first / last
+    layer as configured."""
+    return QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq",
+                     w_options={"init": "limpq", "gradient": lsq_gradient},
+                     a_options={"gradient": lsq_gradient}, first=first_layer, last=last_layer)
 
 
 def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str = "w8",
                          last_layer: str = "w8a8", lsq_gradient: str = "paper") -> list[str]:
     """Quantize ``model`` in place with LSQ at the policy's bits; returns the searchable layer names."""
-    spec = QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq",
-                     w_options={"init": "limpq", "gradient": lsq_gradient},
-                     a_options={"gradient": lsq_gradient}, first=first_layer, last=last_layer)
-    names = quantize_model(model, spec)
+    names = quantize_model(model, finetune_spec(first_layer, last_layer, lsq_gradient))
     missing = [n for n in names if n not in policy]
     extra = [n for n in policy.layers if n not in names]
     if missing or extra:
@@ -84,11 +92,22 @@ def rescale_fc_weight(fc: nn.Linear) -> Any:
 
 
 @torch.no_grad()
+def fold_fc_rescale(fc: nn.Linear, handle: Any) -> None:
+    """Remove :func:`rescale_fc_weight`'s hook and fold its evaluation form into the bias (``b / c``), so
+    that the plain layer computes what the hooked one computes in evaluation (what ``mpq export`` rebuilds
+    from ``final.pt``)."""
+    handle.remove()
+    if fc.bias is not None:
+        weight = fc.quantized_weight() if hasattr(fc, "quantized_weight") else fc.weight
+        fc.bias.mul_(math.sqrt(fc.out_features) * weight.std())
+
+
+@torch.no_grad()
 def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy) -> Path:
     """Copy the stage-1 network into the (quantized, not yet trained) fine-tuning ``model``: conv/linear
     weights and biases, and for each switchable BN the BatchNorm of its layer's searched weight bits.
     LSQ steps are not copied (they are initialised from the data at the new bits)."""
-    from core.engine import Checkpointer
+    from core.engine import Checkpointer, check_producer
     from core.nn import SwitchableBatchNorm2d, apply_bits
     from papers.llt.onetime import build_indicator_model
 
@@ -96,7 +115,9 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
     if ckpt is None:
         raise CheckpointError(f"finetune.init=indicators: no checkpoint under {cfg.indicators_path.parent}; "
                               "run `mpq llt indicators` with this config first")
-    source = build_float_model(cfg.model, cfg.data)
+    check_producer(cfg.indicators_path.parent, stage_identity(cfg, "indicators"),
+                   what="LLT indicator network", fix="Re-run `mpq llt indicators` with this config.")
+    source = build_model_from_config(cfg.model, cfg.data.name)
     build_indicator_model(source, cfg.bits, cfg.lsq_gradient)
     source.load_state_dict(load_checkpoint(ckpt)["model"])
     apply_bits(source, dict(policy.layers))  # switchable BNs follow their layer's weight bits
@@ -114,98 +135,79 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
     return ckpt
 
 
-@torch.no_grad()
-def reestimate_bn_statistics(model: nn.Module, loader: Any, num_images: int, device: torch.device) -> int:
-    """Recompute every BatchNorm's running mean/var as the plain average over ``num_images`` training
-    images (official: about 6000) with the final quantized weights; returns the images used (per rank).
-    Under DDP the statistics are averaged over ranks so replicas stay identical."""
-    module = unwrap(model)
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or num_images <= 0:
-        return 0
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average = plain mean over batches
-    was_training = module.training
-    module.train()
-    seen, target = 0, max(1, num_images // get_info().world_size)
-    try:
-        for batch in loader:
-            images = move_to(batch, device)[0]
-            module(images[: target - seen])
-            seen += min(len(images), target - seen)
-            if seen >= target:
-                break
-    finally:
-        for bn, momentum in zip(bns, saved):
-            bn.momentum = momentum
-        module.train(was_training)
-    for bn in bns:
-        bn.running_mean.copy_(all_reduce_mean(bn.running_mean))
-        bn.running_var.copy_(all_reduce_mean(bn.running_var))
-    return seen
-
-
-def run_finetune(cfg: LLTConfig) -> dict:
-    """Search (unless ``finetune.policy`` is given), fine-tune, re-estimate BN, evaluate, and write
-    ``<run.out_dir>/finetune/results.json``; returns its content."""
-    t_start = time.perf_counter()
+def run_finetune(cfg: LLTConfig) -> RunResult:
+    """Search (unless ``finetune.policy`` is given) and check that the policy fits the model; then, holding
+    ``<run.out_dir>/finetune`` (resumed only by the same run: :func:`papers.llt.config.stage_identity`,
+    the policy's bits included), write its ``policy.json``, fine-tune, re-estimate BN, evaluate, and write
+    its ``results.json``; returns that record."""
     stage = cfg.finetune
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    info = setup_process(cfg.run)
     t0 = time.perf_counter()
     policy = BitPolicy.load(stage.policy) if stage.policy else search_from_config(cfg)
     t_search = time.perf_counter() - t0
-    model = build_float_model(cfg.model, cfg.data)
-    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer, cfg.lsq_gradient)
+    model = build_model_from_config(cfg.model, cfg.data.name)
+    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer,  # validates the policy
+                                 cfg.lsq_gradient)
+    identity = stage_identity(cfg, "finetune", policy)
+    with RunDir(cfg.finetune_dir) as run:  # held until results.json and final.pt are written
+        run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
+        return _finetune(cfg, info, run, identity, policy, model, names, t_search)
+
+
+def _finetune(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict, policy: BitPolicy,
+              model: nn.Module, names: list[str], t_search: float) -> RunResult:
+    stage = cfg.finetune
     if stage.init == "indicators":
         log(f"fine-tuning starts from the indicator network {init_from_indicator_run(model, cfg, policy)}")
-    if stage.fc_rescale:
-        rescale_fc_weight(_last_linear(model))
-    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size,
-                                                   stage.per_device_batch)
+    fc_hook = rescale_fc_weight(_last_linear(model)) if stage.fc_rescale else None
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "finetune.batch_size",
+                               per_device=stage.per_device_batch)
+    train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model)
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
-    out_dir = Path(cfg.run.out_dir) / "finetune"
+    out_dir = run.path
+    run.start(cfg)  # validated: the run's records, then the policy it trains
+    if is_main():
+        policy.save(out_dir / "policy.json")
     kw = trainer_kwargs(cfg.run, stage.optim)
-    kw["run_dir"] = out_dir
+    kw["run_dir"] = run
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=stage.schedule.epochs,
-                      schedulers=scheduler, device=info.device, config=cfg, **kw)
-    t0 = time.perf_counter()
+                      schedulers=scheduler, device=info.device, config=cfg, identity=identity, **kw)
     last = trainer.fit()
-    t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     used = reestimate_bn_statistics(trainer.model, train_loader, stage.bn_calibration_images, info.device)
     t_bn = time.perf_counter() - t0
     t0 = time.perf_counter()
     final = evaluate(trainer.model, val_loader, info.device, desc="final eval")
     t_eval = time.perf_counter() - t0
-    report = count(trainer.module, input_size(cfg.data), convention=cfg.search.macs)
-    results = {
-        "paper": "LLT (ECCV 2022)", "method": "llt", "table_row": cfg.table_row,
-        "model": cfg.model.name, "dataset": cfg.data.name, "policy": policy.to_dict(),
-        "searchable_layers": len(names),
-        "params": report.params, "macs": report.macs_all, "bops_convention": report.convention,
-        "bitops": report.bops, "size_mb": report.size_mb(), "fp_size_mb": report.size_mb(32),
-        "compression_ratio": report.compression_ratio,
-        "top1": final["top1"], "top5": final["top5"], "val_loss": final["loss"],
-        "top1_before_bn_reestimation": last.get("val_top1"),
-        "bn_calibration_images": used * info.world_size,
-        "epochs": stage.schedule.epochs,
-        "wall_time_s": {"search": t_search, "train": t_train, "bn_reestimation": t_bn, "eval": t_eval,
-                        "total": time.perf_counter() - t_start},
-        "device": str(info.device), "world_size": info.world_size, "seed": cfg.run.seed,
-        "code_version": _code_version(), "python": platform.python_version(), "torch": torch.__version__,
-        "config": config_to_dict(cfg),
-    }
+    report = count(trainer.module, data.input_size, convention=cfg.search.macs)
+    metrics = {"top1": final["top1"], "top5": final["top5"], "loss": final["loss"]}
+    if last.get("val_top1") is not None:
+        metrics["top1_before_bn_reestimation"] = last["val_top1"]
+    result = run_result(
+        cfg, info, paper="llt", method="llt", report=report, policy=policy, metrics=metrics,
+        wall_time_s=_wall_times(policy, t_search, trainer.wall_time_s, t_bn, t_eval),
+        extra={"searchable_layers": len(names), "fp_size_mb": report.size_mb(32),
+               "compression_ratio": report.compression_ratio,
+               "bn_calibration_images": used * info.world_size, "epochs": stage.schedule.epochs,
+               "python": platform.python_version(), "torch": torch.__version__})
+    write_results(out_dir / "results.json", result)
+    log(f"top-1 {final['top1']:.2f} top-5 {final['top5']:.2f} after BN re-estimation on "
+        f"{used * info.world_size} images; "
+        f"{report.bops / 1e9:.3f} G BitOPs ({report.convention}), {report.size_mb():.3f} MB")
     if is_main():
-        atomic_write_json(out_dir / "results.json", results)
-        log(f"top-1 {final['top1']:.2f} top-5 {final['top5']:.2f} after BN re-estimation on "
-            f"{used * info.world_size} images; "
-            f"{report.bops / 1e9:.3f} G BitOPs ({report.convention}), {report.size_mb():.3f} MB")
+        # `mpq export RUN_DIR`: the evaluated weights (after BN re-estimation) and how to rebuild the model
+        if fc_hook is not None:
+            fold_fc_rescale(_last_linear(trainer.module), fc_hook)
+        save_weights(out_dir / "final.pt", trainer.module)
+        write_export_spec(out_dir, ExportSpec(
+            model=cfg.model.name, input_size=data.input_size, checkpoint="final.pt",
+            num_classes=num_classes_for(cfg.model, cfg.data.name), model_kwargs=dict(cfg.model.kwargs),
+            quant=asdict(finetune_spec(stage.first_layer, stage.last_layer, cfg.lsq_gradient)),
+            policy=policy.to_dict(),
+            meta={"paper": "llt", "table_row": cfg.table_row}))
     barrier()
-    return results
+    return result
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
@@ -215,11 +217,15 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _code_version() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
-    return f"mpq {core.__version__}" + (f" ({rev})" if rev else "")
+def _wall_times(policy: BitPolicy, search: float, train: float, bn: float, evaluation: float
+                ) -> dict[str, float]:
+    """Seconds per stage: the indicator training (from its run's record, accumulated over its resumes,
+    when the policy was searched from trained indicators), the ILP, the fine-tuning (accumulated over
+    resumes), BN re-estimation and the final evaluation; ``total`` is their sum."""
+    times = {}
+    record = policy.meta.get("indicators_run")
+    progress = record.get("progress") if isinstance(record, dict) else None
+    if isinstance(progress, dict) and progress.get("wall_time_s") is not None:
+        times["indicators"] = float(progress["wall_time_s"])
+    times.update(search=search, train=train, bn_reestimation=bn, eval=evaluation)
+    return {**times, "total": sum(times.values())}

@@ -17,7 +17,6 @@ DDP-wrapped model start with ``module.``; :meth:`ImportanceIndicators.names_for_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 import torch.nn as nn
 
 from core.errors import PolicyError
-from core.io import atomic_write_json
+from core.io import atomic_write_json, read_json
 
 DDP_PREFIX = "module."
 
@@ -47,7 +46,7 @@ class ImportanceIndicators:
 
     # ------------------------------------------------------------------ checks and views
     def validate(self) -> None:
-        """Raise :class:`PolicyError` unless every layer has a finite value for every bit."""
+        """Raise :class:`PolicyError` unless every layer has a finite, positive step for every bit."""
         if not self.bits or len(set(self.bits)) != len(self.bits):
             raise PolicyError(f"indicators: 'bits' must be a non-empty list of distinct ints, "
                               f"got {self.bits}")
@@ -66,10 +65,10 @@ class ImportanceIndicators:
                 if absent:
                     raise PolicyError(f"indicators: '{kind}' of layer {name!r} lacks bit(s) {absent} "
                                       f"(file bits: {self.bits})")
-                bad = [b for b in self.bits if not math.isfinite(row[b])]
+                bad = {b: row[b] for b in self.bits if not (math.isfinite(row[b]) and row[b] > 0)}
                 if bad:
-                    raise PolicyError(f"indicators: '{kind}' of layer {name!r} has a non-finite step for "
-                                      f"bit(s) {bad}")
+                    raise PolicyError(f"indicators: '{kind}' of layer {name!r} has step(s) {bad} (bit: "
+                                      "step); a learned LSQ step is a finite number > 0")
 
     def table(self, kind: str, bits: list[int] | None = None) -> np.ndarray:
         """``(layers, bits)`` float64 array of the ``weight`` or ``act`` indicators (columns: ``bits``)."""
@@ -116,14 +115,8 @@ class ImportanceIndicators:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImportanceIndicators:
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyError(f"indicators file {str(path)!r} does not exist; create one with "
-                              "`mpq llt indicators -c CONFIG` or pass the official release converted to JSON")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PolicyError(f"indicators file {str(path)!r} is not valid JSON: {exc}") from exc
+        data = read_json(path, "indicators file", "create one with `mpq llt indicators -c CONFIG` or pass "
+                                                  "the official release converted to JSON", PolicyError)
         return cls.from_dict(data, where=f"indicators file {str(path)!r}")
 
     def save(self, path: str | os.PathLike) -> None:

@@ -17,33 +17,36 @@ import torch
 import torch.nn as nn
 
 from core.engine import (
+    DistInfo,
+    RunDir,
     Trainer,
     barrier,
+    build_model_from_config,
     build_optimizer,
     build_scheduler,
+    classification_data,
     evaluate,
-    init_distributed,
     is_main,
     log,
     move_to,
-    seed_everything,
+    setup_process,
     trainer_kwargs,
 )
 from core.engine.trainer import accuracy
 from core.errors import ConfigError
 from core.nn import QuantSpec, apply_bits, bit_context, quantize_model, set_bits
-from papers.llt.common import build_float_model, build_loaders
-from papers.llt.config import LLTConfig
+from papers.llt.config import LLTConfig, stage_identity
 from papers.llt.indicators import extract_indicators
 
 
 def build_indicator_model(model: nn.Module, bits: list[int], lsq_gradient: str = "paper") -> list[str]:
     """Make ``model`` switchable in place (LSQ with per-bit steps, switchable BN); returns the searchable
     layer names. First conv and fc stay float, as in the official indicator training."""
-    spec = QuantSpec(mode="switchable", w_quant="lsq", a_quant="lsq", w_bits=bits[0], a_bits=bits[0],
+    spec = QuantSpec(kind="switchable", w_quant="lsq", a_quant="lsq", w_bits=bits[0], a_bits=bits[0],
                      w_candidates=list(bits), a_candidates=list(bits),
                      w_options={"init": "limpq", "gradient": lsq_gradient},
-                     a_options={"gradient": lsq_gradient}, switchable_bn=True, first="float", last="float")
+                     a_options={"gradient": lsq_gradient}, options={"switchable_bn": True},
+                     first="float", last="float")
     return quantize_model(model, spec)
 
 
@@ -117,29 +120,36 @@ class ImportanceTrainer(Trainer):
 
 
 def run_indicators(cfg: LLTConfig) -> Path:
-    """Train the indicators (resumable with ``run.resume=auto``, runnable under torchrun) and write
-    ``<run.out_dir>/indicators/indicators.json``; returns its path."""
+    """Train the indicators (resumable with ``run.resume=auto`` by the same run: the config without
+    ``search`` and ``finetune``; runnable under torchrun) and write
+    ``<run.out_dir>/indicators/indicators.json`` while holding that run directory; returns its path."""
     bad = [b for b in cfg.bits if not 2 <= b <= 8]
     if bad or len(set(cfg.bits)) != len(cfg.bits):
         raise ConfigError(f"bits must be distinct values in 2..8, got {cfg.bits}")
     if cfg.indicators.file:
         raise ConfigError(f"indicators.file={cfg.indicators.file} is set: this config uses existing "
                           "indicators; unset it (indicators.file=null) to train them")
+    info = setup_process(cfg.run)
+    identity = stage_identity(cfg, "indicators")
+    with RunDir(cfg.indicators_path.parent) as run:  # held until indicators.json is written
+        run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
+        return _train_indicators(cfg, info, run, identity)
+
+
+def _train_indicators(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict) -> Path:
     stage = cfg.indicators
-    info = init_distributed(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    model = build_float_model(cfg.model, cfg.data)
+    model = build_model_from_config(cfg.model, cfg.data.name)
     names = build_indicator_model(model, cfg.bits, cfg.lsq_gradient)
-    _, _, train_loader, val_loader = build_loaders(cfg.data, cfg.run.seed, stage.batch_size,
-                                                   stage.per_device_batch)
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "indicators.batch_size",
+                               per_device=stage.per_device_batch)
+    train_loader, val_loader = data.train, data.val
     optimizer = build_optimizer(stage.optim, model)
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
-    out_dir = cfg.indicators_path.parent
     kw = trainer_kwargs(cfg.run, stage.optim)
-    kw["run_dir"] = out_dir
+    kw["run_dir"] = run
     trainer = ImportanceTrainer(
         model, optimizer, train_loader, None, epochs=stage.schedule.epochs, schedulers=scheduler,
-        device=info.device, config=cfg, bits=cfg.bits, layer_names=names,
+        device=info.device, config=cfg, identity=identity, bits=cfg.bits, layer_names=names,
         random_policies=stage.random_policies, random_policy=stage.random_policy,
         drop_zero_grads=stage.drop_zero_grads, seed=cfg.run.seed, eval_bits=stage.eval_bits,
         bit_val_loader=val_loader if stage.eval_bits != [] else None, **kw)

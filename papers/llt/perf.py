@@ -59,7 +59,7 @@ def ilp_solve_time(indicators_path: str | Path = DEFAULT_INDICATORS, repeats: in
 
 
 def _plain_lsq_model(model: nn.Module, bits: int) -> nn.Module:
-    quantize_model(model, QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", w_bits=bits, a_bits=bits,
+    quantize_model(model, QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", w_bits=bits, a_bits=bits,
                                     w_options={"init": "limpq"}, first="float", last="float"))
     return model
 

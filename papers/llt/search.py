@@ -7,9 +7,6 @@ architecture (no training run, no data).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.nn as nn
@@ -17,42 +14,10 @@ import torch.nn as nn
 from core.errors import BudgetError, PolicyError
 from core.policy import BitPolicy
 from papers.llt.complexity import MAC_CONVENTIONS, layer_costs
+from papers.llt.config import LLTConfig
 from papers.llt.ilp import MB_BITS, LayerCosts, size_budget_bits, solve_ilp, uniform_bitops_budget
 from papers.llt.indicators import ImportanceIndicators
-
-if TYPE_CHECKING:
-    from papers.llt.config import LLTConfig
-
-#: alpha of main paper Eq. 4 per network (supplementary Sec. 1), also under the timm names of the
-#: official starting models (``gluon_resnet18_v1b`` / ``gluon_resnet50_v1b``, now ``resnet*.gluon_in1k``).
-PAPER_ALPHA = {"resnet18": 3.0, "resnet50": 2.0, "mobilenet_v1": 1.0}
-PAPER_ALPHA.update({alias: PAPER_ALPHA[net] for net in ("resnet18", "resnet50")
-                    for alias in (f"{net}.gluon_in1k", f"gluon_{net}_v1b")})
-
-
-@dataclass
-class SearchSettings:
-    """The constraints and knobs of one search (the ``search`` block of a config, or the CLI flags).
-
-    ``w_bits``/``a_bits``: BitOPs budget of the uniform ``W{w_bits}A{a_bits}`` model over the searchable
-    layers (``None``: no BitOPs constraint); ``bitops_budget`` gives it in absolute BitOPs instead.
-    ``compression``: model-size budget ``32 * weights / compression`` bits (``None``: none).
-    ``bits``: candidate bits (default: the indicators' own). ``weight_only_a_bits``: fix every
-    activation at this width and search weights only (the MobileNetV1 W4A8 setting: 8).
-    """
-
-    alpha: float = 2.0
-    bits: list[int] | None = None
-    w_bits: float | None = 3
-    a_bits: float | None = 4
-    bitops_budget: float | None = None
-    compression: float | None = None
-    weight_only_a_bits: int | None = None
-    macs: str = "limpq"
-    fixed_w_bits: int = 8
-    nonmonotone_rule: bool = True
-    solver: str = "bnb"  # exact either way: "bnb" (mpq's branch and bound) or "highs" (scipy's MILP)
-    input_size: list[int] | None = None  # None: the config's data size, or 3x224x224 on the CLI
+from papers.llt.settings import SearchSettings
 
 
 def search_policy(indicators: ImportanceIndicators, model: nn.Module, settings: SearchSettings,
@@ -135,18 +100,26 @@ def _budget_label(settings: SearchSettings, bitops_budget: float | None) -> str:
 
 def search_from_config(cfg: LLTConfig) -> BitPolicy:
     """Stage 2 of a config run: the ILP on ``cfg.indicators_path`` for ``cfg.model`` at the data's input
-    size; the policy is written to ``<run.out_dir>/policy.json`` (by rank 0) and returned."""
-    from core.engine import is_main
-    from papers.llt.common import build_float_model, input_size
+    size; returns the policy (the fine-tuning writes it once it holds its run directory). Indicators
+    trained by ``mpq llt indicators`` must be this config's (their ``run.json``: differing keys are an
+    error naming them, a run that stopped early a warning); their record goes into the policy's meta
+    (``indicators_run``). An ``indicators.file`` is used as it is."""
+    from core.engine import RunDir, build_model_from_config, check_producer, input_size_of
+    from papers.llt.config import stage_identity
 
     indicators = ImportanceIndicators.load(cfg.indicators_path)
+    record = None
+    if not cfg.indicators.file:
+        source = cfg.indicators_path.parent
+        check_producer(source, stage_identity(cfg, "indicators"), what="LLT indicators",
+                       fix="Re-run `mpq llt indicators` with this config, or name an indicators file with "
+                           "indicators.file.")
+        record = RunDir(source).producer_record()
     settings = SearchSettings(**{**vars(cfg.search)})
     settings.bits = settings.bits or list(cfg.bits)
-    settings.input_size = settings.input_size or list(input_size(cfg.data))
-    model = build_float_model(cfg.model, cfg.data)
+    settings.input_size = settings.input_size or list(input_size_of(cfg.data))
+    model = build_model_from_config(cfg.model, cfg.data.name)
     policy = search_policy(indicators, model, settings)
     policy.meta.update(model=cfg.model.name, dataset=cfg.data.name, indicators=str(cfg.indicators_path),
-                       table_row=cfg.table_row)
-    if is_main():
-        policy.save(Path(cfg.run.out_dir) / "policy.json")
+                       table_row=cfg.table_row, indicators_run=record)
     return policy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,23 @@ def test_paper_groups_are_discovered_or_explained() -> None:
     groups = perf.paper_groups()
     for name, fn in groups.items():
         assert callable(fn) or (isinstance(fn, str) and fn.startswith("unavailable:")), name
+
+
+@pytest.mark.parametrize("fvcore", ["installed", "absent"])
+def test_counting_group_compares_tools_on_the_same_model(fvcore, monkeypatch) -> None:
+    if fvcore == "installed":
+        pytest.importorskip("fvcore.nn", reason="fvcore not installed (pip install -e .[bench])")
+    else:
+        monkeypatch.setitem(sys.modules, "fvcore.nn", None)  # import fails as if not installed
+    by = {m.name: m for m in perf.run_perf(only="counting", smoke=True, log=lambda m: None)}
+    base = "core.bops.count resnet20 (audited)"
+    assert by[base].value > 0
+    for tool in ("FlopCounterMode resnet20 (real forward)", "FlopCounterMode resnet20 (meta forward)"):
+        assert by[tool].baseline == base and by[tool].ratio == pytest.approx(by[tool].value / by[base].value)
+    assert by["FlopCounterMode MACs (FLOPs / 2) minus count's"].value == 0
+    if fvcore == "installed":
+        assert by["fvcore FlopCountAnalysis resnet20"].ratio > 0
+        assert by["fvcore conv + linear MACs minus count's"].value == 0
+    else:
+        skipped = [m for m in by.values() if "fvcore not installed" in m.name]
+        assert len(skipped) == 1 and math.isnan(skipped[0].value)

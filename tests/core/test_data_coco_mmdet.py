@@ -1,7 +1,7 @@
 """The COCO fixture through mmdet itself: CocoDataset built from core's config, CocoMetric on it.
 
-mmdet/mmcv are declared dependencies, so under tox these tests run; a bare environment without the
-mmcv build skips them with the reason.
+mmdet/mmcv are the 'det' extra, which tox's test env installs, so under tox these tests run; an environment
+without it (plain `pip install -e .`) skips them with the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 from core.data import coco_metric_config, mmdet_dataset_config
 from tests.fixtures import write_coco
 
-mmdet = pytest.importorskip("mmdet", reason="mmdet/mmcv not installed (run tools/install_mmcv.py)")
+mmdet = pytest.importorskip("mmdet", reason="mmdet/mmcv not installed: the 'det' extra "
+                                             "(python tools/install_mmcv.py && pip install -e '.[det]')")
 pytestmark = pytest.mark.mmdet
 
 

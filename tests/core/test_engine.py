@@ -158,7 +158,7 @@ def test_optimizers():
 def test_run_dir_metrics_and_truncate(tmp_path):
     run = RunDir(tmp_path / "run")
     run.save_config({"a": 1})
-    assert (run.path / "config.yaml").is_file() and run.checkpoints.is_dir()
+    assert (run.path / "config.yaml").is_file()  # checkpoints/ appears with the first checkpoint
     m = MetricsLogger(run)
     for s in (1, 2, 3):
         m.log(step=s, epoch=0, loss=torch.tensor(0.5 * s), bad=float("nan"))
@@ -185,3 +185,16 @@ def test_progress_plain_lines_when_not_a_tty(capsys):
     out = capsys.readouterr().out.splitlines()
     assert seen == list(range(7))
     assert [line.split()[2] for line in out] == ["[3/7]", "[6/7]", "[7/7]"] and "loss 0.25" in out[-1]
+
+
+def test_a_missing_detection_extra_is_one_clear_error(monkeypatch):
+    """Without mmengine (plain `pip install -e .`) the mmengine helpers say exactly what to install."""
+    import sys
+
+    from core.engine.mmengine_compat import mmengine_safe_globals
+    from core.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "mmengine.logging.history_buffer", None)  # makes the import fail
+    with pytest.raises(MissingDependencyError, match=r"'det' extra .*python tools/install_mmcv.py && "
+                                                     r"pip install -e '\.\[det\]'"):
+        mmengine_safe_globals()

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-mmengine = pytest.importorskip("mmengine")
+mmengine = pytest.importorskip("mmengine", reason="mmengine not installed: the 'det' extra "
+                               "(python tools/install_mmcv.py && pip install -e '.[det]')")
 
 from core.engine.mmengine_compat import mmengine_safe_loading  # noqa: E402
 

@@ -41,7 +41,7 @@ def test_no_decay_1d_leaves_per_tensor_lsq_steps_undecayed():
     ``(candidates, 1)``: they join the no-decay group, the conv and fc weights do not."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, bias=True),
                           nn.Flatten(), nn.Linear(8, 4))
-    quantize_model(model, QuantSpec(mode="switchable", w_quant="lsq", a_quant="lsq", w_bits=4, a_bits=4,
+    quantize_model(model, QuantSpec(kind="switchable", w_quant="lsq", a_quant="lsq", w_bits=4, a_bits=4,
                                     w_candidates=[4, 2], a_candidates=[4, 2]))
     groups = {g["weight_decay"]: g["params"] for g in param_groups_no_decay_1d(model, 1e-4)}
     named = dict(model.named_parameters())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -117,6 +119,40 @@ def test_mobilenet_v1_architecture():
     assert sum(p.numel() for p in model.parameters()) == 4_231_976  # "4.2 million" (Howard et al. Table 8)
 
 
+def test_alexnet_bn_and_the_bops_cli_on_it(capsys):
+    """torchvision's AlexNet plus a BatchNorm after each conv and hidden fc; conv/fc MACs unchanged: 0.714 G,
+    torchvision's published ``_ops`` for AlexNet (``mpq bops alexnet_bn``)."""
+    import torchvision
+
+    from core.cli import main
+
+    model = build_model("alexnet_bn", num_classes=1000)
+    kinds = [type(m).__name__ for m in [*model.features, *model.classifier]]
+    assert kinds.count("BatchNorm2d") == 5 and kinds.count("BatchNorm1d") == 2
+    for i, k in enumerate(kinds):
+        if k in ("Conv2d", "Linear") and i < len(kinds) - 1:
+            assert kinds[i + 1].startswith("BatchNorm")
+    bn_params = 2 * (64 + 192 + 384 + 256 + 256) + 2 * 2 * 4096
+    meta = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta
+    assert sum(p.numel() for p in model.parameters()) == meta["num_params"] + bn_params
+    assert main(["bops", "alexnet_bn", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 8 and round(data["totals"]["macs_all"] / 1e9, 3) == meta["_ops"]
+
+
+def test_googlenet_without_auxiliary_heads():
+    import torchvision
+
+    model = build_model("googlenet_noaux", num_classes=1000)
+    assert model.aux1 is None and model.aux2 is None and not model.transform_input
+    assert len(weight_layers(model)) == 58  # EdMIPS: 56 searched + first conv + fc
+    meta = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.meta
+    assert sum(p.numel() for p in model.parameters()) == meta["num_params"]
+    assert MODELS["inception_v3_noaux"].input_size == (3, 299, 299)
+    with pytest.raises(ConfigError, match="no auxiliary classifiers"):
+        build_model("googlenet_noaux", aux_logits=True)
+
+
 def test_build_model_torchvision_and_timm():
     alexnet = build_model("alexnet", num_classes=10)
     assert alexnet.classifier[-1].out_features == 10
@@ -169,8 +205,9 @@ def test_pretrained_errors(tmp_path):
         build_model("resnet20", num_classes=10, pretrained=garbage)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"model": PadShortcut(1, 2, 1)}, unsafe)  # a pickled module: refused by weights_only
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="refused to load checkpoint .*PadShortcut") as err:
         build_model("resnet20", num_classes=10, pretrained=unsafe)
+    assert "weights_only" not in str(err.value)  # never torch's advice to disable the safe loader
     not_a_state = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_a_state)
     with pytest.raises(CheckpointError, match="expected a state_dict"):

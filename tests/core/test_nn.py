@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import ConfigError
-from core.nn import MixedConv2d, MixedLinear, QConv2d, QLinear
+from core.nn import CompositeConv2d, CompositeLinear, QConv2d, QLinear
 from core.quant import hwgq_mixture
 
 torch.manual_seed(0)
@@ -50,7 +50,7 @@ def _explicit_sum(layer, x, op):
 @pytest.mark.parametrize("share_weight", [True, False])
 def test_composite_conv_equals_pi_weighted_parallel_convs(share_weight):
     conv = nn.Conv2d(4, 5, 3, padding=1, bias=True)
-    m = MixedConv2d.from_float(conv, share_weight=share_weight)
+    m = CompositeConv2d.from_float(conv, share_weight=share_weight)
     with torch.no_grad():
         m.alpha_w.copy_(torch.randn(4))
         m.alpha_a.copy_(torch.randn(3))
@@ -63,7 +63,7 @@ def test_composite_conv_equals_pi_weighted_parallel_convs(share_weight):
 
 
 def test_composite_linear_equals_pi_weighted_parallel_linears():
-    m = MixedLinear(6, 3, w_candidates=[2, 4], a_candidates=[2, 3, 4, 32])
+    m = CompositeLinear(6, 3, w_candidates=[2, 4], a_candidates=[2, 3, 4, 32])
     with torch.no_grad():
         m.alpha_w.copy_(torch.randn(2))
         m.alpha_a.copy_(torch.randn(4))
@@ -73,7 +73,7 @@ def test_composite_linear_equals_pi_weighted_parallel_linears():
 
 
 def test_fused_hwgq_mixture_gradients_equal_autograd_reference():
-    m = MixedConv2d(3, 4, 3, a_candidates=[1, 2, 3, 4, 32])
+    m = CompositeConv2d(3, 4, 3, a_candidates=[1, 2, 3, 4, 32])
     x = torch.randn(2, 3, 5, 5) * 1.5
     gates = torch.softmax(torch.randn(5), 0)
     x1, g1 = x.clone().requires_grad_(), gates.clone().requires_grad_()
@@ -91,7 +91,7 @@ def test_fused_hwgq_mixture_gradients_equal_autograd_reference():
 
 
 def test_gradients_reach_alphas_and_weights():
-    m = MixedConv2d(3, 4, 3, padding=1)
+    m = CompositeConv2d(3, 4, 3, padding=1)
     x = torch.randn(2, 3, 6, 6).requires_grad_()
     (m(x) ** 2).sum().backward()
     for p in (m.alpha_w, m.alpha_a, m.weight, x):
@@ -99,7 +99,7 @@ def test_gradients_reach_alphas_and_weights():
 
 
 def test_expected_bits_eq13_and_discretize():
-    m = MixedConv2d(3, 4, 3)
+    m = CompositeConv2d(3, 4, 3)
     assert m.expected_w_bits().item() == pytest.approx(2.5)  # alpha init 0.01: uniform pi
     assert m.expected_a_bits().item() == pytest.approx(3.0)
     m.expected_w_bits().backward()
@@ -114,7 +114,7 @@ def test_expected_bits_eq13_and_discretize():
 
 @pytest.mark.parametrize("mode", ["gumbel_hard", "single_path"])
 def test_hard_sampling_modes_give_one_hot_gates_with_gradients(mode):
-    m = MixedConv2d(3, 4, 3, padding=1)
+    m = CompositeConv2d(3, 4, 3, padding=1)
     m.set_sampling(mode, tau=0.5)
     gw = m.gates_w()
     assert sorted(gw.tolist()) == pytest.approx([0, 0, 0, 1])
@@ -125,7 +125,7 @@ def test_hard_sampling_modes_give_one_hot_gates_with_gradients(mode):
 
 
 def test_single_path_samples_with_probability_pi():
-    m = MixedLinear(2, 2, w_candidates=[2, 4])
+    m = CompositeLinear(2, 2, w_candidates=[2, 4])
     m.set_sampling("single_path")
     with torch.no_grad():
         m.alpha_w.copy_(torch.tensor([0.0, 1.0986]))  # pi = [0.25, 0.75]
@@ -134,18 +134,18 @@ def test_single_path_samples_with_probability_pi():
 
 
 def test_gumbel_soft_and_bad_mode():
-    m = MixedLinear(2, 2)
+    m = CompositeLinear(2, 2)
     m.set_sampling("gumbel_soft", tau=2.0)
     g = m.gates_a()
     assert g.sum().item() == pytest.approx(1.0) and (g > 0).all()
     with pytest.raises(ConfigError, match="unknown sampling mode"):
         m.set_sampling("random")
-    with pytest.raises(ConfigError, match="unknown mixed-layer options"):
-        MixedLinear(2, 2, bogus=1)
+    with pytest.raises(ConfigError, match="unknown composite-layer options"):
+        CompositeLinear(2, 2, bogus=1)
 
 
 def test_one_convolution_per_forward():
-    m = MixedConv2d(3, 4, 3)
+    m = CompositeConv2d(3, 4, 3)
     calls = []
     handle = torch.nn.modules.conv.Conv2d._conv_forward
     m._conv_forward = lambda *a: calls.append(1) or handle(m, *a)

@@ -9,8 +9,8 @@ from torch import nn
 
 from core.errors import ConfigError, PolicyError
 from core.nn import (
-    MixedConv2d,
-    MixedLinear,
+    CompositeConv2d,
+    CompositeLinear,
     QConv2d,
     QLinear,
     QuantSpec,
@@ -41,13 +41,13 @@ def small_net():
     )
 
 
-def test_resnet18_mixed_edmips_layout():
+def test_resnet18_composite_edmips_layout():
     model = torchvision.models.resnet18(num_classes=10)
     expected = _conv_linear_names(model)[1:-1]
-    names = quantize_model(model, QuantSpec(mode="mixed"))
+    names = quantize_model(model, QuantSpec(kind="composite"))
     assert names == expected and len(names) == 19  # EdMIPS: 19 quantized layers, downsample included
     assert type(model.conv1) is nn.Conv2d and type(model.fc) is nn.Linear
-    assert all(isinstance(m, MixedConv2d) for _, m in quantizable_layers(model))
+    assert all(isinstance(m, CompositeConv2d) for _, m in quantizable_layers(model))
     assert model.layer2[0].downsample[0].w_candidates == [1, 2, 3, 4]
     assert len(arch_parameters(model)) == 38
     ids = {id(p) for p in arch_parameters(model)}
@@ -61,7 +61,7 @@ def test_resnet18_mixed_edmips_layout():
 def test_mobilenet_v2_fixed_counts_and_groups():
     model = torchvision.models.mobilenet_v2(num_classes=10)
     all_names = _conv_linear_names(model)
-    names = quantize_model(model, QuantSpec(mode="fixed", w_bits=4, a_bits=4, first="w8", last="w8a8"))
+    names = quantize_model(model, QuantSpec(kind="fixed", w_bits=4, a_bits=4, first="w8", last="w8a8"))
     assert names == all_names[1:-1] and len(all_names) == 53
     first, last = model.features[0][0], model.classifier[1]
     assert isinstance(first, QConv2d) and first.bit_frozen and (first.w_bits, first.a_bits) == (8, 32)
@@ -78,8 +78,8 @@ def test_small_net_first_last_options():
     names = quantize_model(model, QuantSpec(first="quantize", last="quantize", w_bits=3, a_bits=3))
     assert names == ["0", "3", "6", "11"]
     model = small_net()
-    assert quantize_model(model, QuantSpec(mode="mixed", last="quantize")) == ["3", "6", "11"]
-    assert isinstance(model[11], MixedLinear) and type(model[0]) is nn.Conv2d
+    assert quantize_model(model, QuantSpec(kind="composite", last="quantize")) == ["3", "6", "11"]
+    assert isinstance(model[11], CompositeLinear) and type(model[0]) is nn.Conv2d
     model = small_net()
     quantize_model(model, QuantSpec(first="w8a8"))
     assert model[0].act_quantizer.signed  # the image input is signed
@@ -103,8 +103,8 @@ def test_strict_rejects_conv_subclasses():
 
 def test_switchable_lsq_steps_and_bn_follow_the_layer_bits():
     model = small_net()
-    spec = QuantSpec(mode="switchable", w_candidates=[6, 5, 4, 3, 2], a_candidates=[6, 5, 4, 3, 2],
-                     switchable_bn=True)
+    spec = QuantSpec(kind="switchable", w_candidates=[6, 5, 4, 3, 2], a_candidates=[6, 5, 4, 3, 2],
+                     options={"switchable_bn": True})
     names = quantize_model(model, spec)
     assert names == ["3", "6"]
     assert type(model[1]) is nn.BatchNorm2d  # follows the float first conv
@@ -155,7 +155,7 @@ def test_switchable_bn_state_round_trip():
 def test_timm_model_is_swapped_without_tracing():
     timm = pytest.importorskip("timm")
     model = timm.create_model("resnet18", num_classes=10).eval()
-    spec = QuantSpec(mode="fixed", w_bits=2, a_bits=2, w_quant="dorefa", a_quant="pact")
+    spec = QuantSpec(kind="fixed", w_bits=2, a_bits=2, w_quant="dorefa", a_quant="pact")
     names = quantize_model(model, spec)
     assert len(names) == 19 and names[0] == "layer1.0.conv1"
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
@@ -169,7 +169,7 @@ def test_w8_first_layer_input_quantizer_is_frozen_and_unused():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
                                 torch.nn.Flatten(), torch.nn.LazyLinear(2))
     model(torch.randn(1, 3, 8, 8))
-    quantize_model(model, QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", first="w8", last="w8a8"))
+    quantize_model(model, QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", first="w8", last="w8a8"))
     first = model[0]
     assert isinstance(first, QConv2d) and first.w_bits == 8 and first.a_bits == 32
     assert not any(p.requires_grad for p in first.act_quantizer.parameters())

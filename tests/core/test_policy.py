@@ -209,8 +209,9 @@ def test_with_core_nn_layers_frozen_edges_and_switchable_bn():
     from core.models import build_model
 
     model = build_model("resnet20", num_classes=10)
-    spec = core_nn.QuantSpec(mode="switchable", w_bits=4, a_bits=4, w_candidates=[2, 3, 4, 5, 6],
-                             a_candidates=[2, 3, 4, 5, 6], switchable_bn=True, first="w8", last="w8a8")
+    spec = core_nn.QuantSpec(kind="switchable", w_bits=4, a_bits=4, w_candidates=[2, 3, 4, 5, 6],
+                             a_candidates=[2, 3, 4, 5, 6], options={"switchable_bn": True},
+                             first="w8", last="w8a8")
     names = core_nn.quantize_model(model, spec)
     assert policy_layer_names(model) == names  # the 8-bit first conv and fc are frozen, not in policies
     policy = BitPolicy.uniform(model, 2, 5)

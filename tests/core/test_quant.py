@@ -134,17 +134,40 @@ def test_gaussian_step_is_built_in_float64_and_the_weights_follow_it(bits):
     assert 1 <= (levels32 != levels64).sum() <= 2  # the probe (and perhaps its mirror) changes level
     want = _official_gaussian(w, coef, bits)
     gates = torch.tensor([0.0, 1.0, 0.0])
-    outputs = {"quantizer": create_quantizer("gaussian", bits)(w),
+    outputs = {"quantizer": create_quantizer("gaussian", bits, clip_bound="float64")(w),
                "mixture": gaussian_mixture(w, gates, (GAUSSIAN_COEFS[1], coef, GAUSSIAN_COEFS[4]),
-                                           (1, bits, 4)),
-               "reference": functional.gaussian_midrise(w, coef, bits)}
+                                           (1, bits, 4), "float64"),
+               "reference": functional.gaussian_midrise(w, coef, bits, "float64")}
     set_compiled(True, backend="aot_eager")
     try:
-        outputs["compiled"] = create_quantizer("gaussian", bits)(w)
+        outputs["compiled"] = create_quantizer("gaussian", bits, clip_bound="float64")(w)
     finally:
         set_compiled(False)
     for name, out in outputs.items():
         assert torch.equal(out, want), name
+    # the default clip bound is the grid's top level: the same levels, and every value on the grid
+    grid_bound = create_quantizer("gaussian", bits)(w)
+    assert torch.equal(torch.round(grid_bound / step64 * 2), torch.round(want / step64 * 2))
+    assert torch.equal(grid_bound.abs().max(), (2**bits / 2 - 0.5) * step64.float())
+
+
+def test_gaussian_clip_bound_options_differ_by_at_most_one_ulp_at_the_clipped_weights():
+    """``clip_bound="float64"`` (official) vs ``"grid"``: only the clipped weights move, by one ulp, in
+    about a quarter of tensors; an unknown option is one clear error."""
+    moved = 0
+    for seed in range(24):
+        w = torch.randn(4096, generator=torch.Generator().manual_seed(seed)) * 0.05
+        grid, official = (create_quantizer("gaussian", 2, clip_bound=c)(w) for c in ("grid", "float64"))
+        diff = grid != official
+        if diff.any():
+            moved += 1
+            assert torch.equal(grid.abs()[diff], torch.full_like(grid[diff], float(grid.abs().max())))
+            ulp = torch.finfo(torch.float32).eps * grid.abs().max()
+            assert float((grid - official).abs().max()) <= float(ulp)
+        assert torch.equal(official, _official_gaussian(w, GAUSSIAN_COEFS[2], 2))
+    assert 0 < moved < 24
+    with pytest.raises(ConfigError, match="clip_bound"):
+        create_quantizer("gaussian", 2, clip_bound="double")
 
 
 def _optimal_uniform_midrise_step(bits: int) -> float:

@@ -85,10 +85,10 @@ def test_compile_failure_warns_and_falls_back(monkeypatch):
 def test_compiled_mixed_conv_equals_eager(compiled, backend):
     """EdMIPS's composite layer on the compiled path (each mixture one compiled function) gives the
     eager layer's output and gradients (to x, W, alpha_w, alpha_a)."""
-    from core.nn import MixedConv2d
+    from core.nn import CompositeConv2d
 
     torch.manual_seed(0)
-    m = MixedConv2d(4, 6, 3, padding=1, bias=False)
+    m = CompositeConv2d(4, 6, 3, padding=1, bias=False)
     with torch.no_grad():
         m.alpha_w.copy_(torch.randn(4))
         m.alpha_a.copy_(torch.randn(3))

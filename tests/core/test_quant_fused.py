@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import core.quant.base as qbase
-from core.quant import functional, set_compiled
-from core.quant.edmips import GAUSSIAN_COEFS, HWGQ_STEPS
+from core.quant import GAUSSIAN_COEFS, HWGQ_STEPS, functional, set_compiled
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
 
 MODES = ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]

@@ -39,6 +39,12 @@ def test_policy_meets_budget_and_records_the_eta_searches(tmp_path):
     assert len(policy.meta["searches"]) == 2
     etas = [s["eta"] for s in policy.meta["searches"]]
     assert len(set(etas)) == 2 and all(e > 0 for e in etas)
+    d = policy.meta["diagnostics"]
+    assert len(d["max_prob"]) == 6 and all(len(m) == 2 for m in d["max_prob"]) and len(d["entropy"]) == 6
+    assert set(d["expected_bops"]) == {"start", "end"}
+    assert len(policy.meta["search_cost_shared_s"]) == 2  # one piece of shared work per eta searched
+    again = METHOD.search(_request(tmp_path, 2.5, max_searches=1))  # another budget: the first eta is reused
+    assert set(again.meta["search_cost_shared_s"]) <= set(policy.meta["search_cost_shared_s"])
 
 
 def test_budget_below_cheapest_policy_is_rejected_before_searching(tmp_path):
@@ -54,7 +60,8 @@ def test_eta_bracketing_returns_the_feasible_policy_closest_to_budget(tmp_path, 
         bits = 4 if eta < 1e-3 else 3 if eta < 1e-2 else 2 if eta < 1e-1 else 1
         names = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2", "layer3.0.conv1",
                  "layer3.0.conv2"]
-        return BitPolicy({n: (bits, max(bits, 2)) for n in names}, {"eta": eta})
+        return {"key": f"fake-{eta}", "bits": {n: (bits, max(bits, 2)) for n in names}, "eta": eta,
+                "arch_lr": 1.0, "diagnostics": {"max_prob": [[1.0, 1.0]] * 6}, "seconds": 0.0}
 
     monkeypatch.setattr(bench, "search_once", fake_search)
     request = _request(tmp_path, 2.5, max_searches=6)  # W2A2 (2.0 bits) fits, W3A3 does not
@@ -63,3 +70,4 @@ def test_eta_bracketing_returns_the_feasible_policy_closest_to_budget(tmp_path, 
     feasible = [s for s in policy.meta["searches"] if s["feasible"]]
     infeasible = [s for s in policy.meta["searches"] if not s["feasible"]]
     assert feasible and infeasible and max(s["eta"] for s in infeasible) < min(s["eta"] for s in feasible)
+    assert policy.meta["diagnostics"] == {"max_prob": [[1.0, 1.0]] * 6}

@@ -8,8 +8,9 @@ import pytest
 
 from core.errors import ConfigError
 from core.policy import BitPolicy
-from papers.edmips.cli import CONFIG_DIR, config_path, register
-from papers.edmips.config import load_edmips_config
+from core.results import load_results
+from papers.edmips import PAPER
+from papers.edmips.cli import register
 
 
 def _fast(out_dir, *extra):
@@ -35,7 +36,7 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     assert len(history["layers"]) == 6 and history["w_candidates"] == [1, 2, 3, 4]
 
     assert _mpq("edmips", "discretize", *_fast(out)) == 0
-    policy = BitPolicy.load(out / "policy.json")
+    policy = BitPolicy.load(out / "discretize" / "policy.json")
     state = json.loads((out / "search" / "arch_state.json").read_text())
     assert policy.names == [layer["name"] for layer in state["layers"]]
     for layer in state["layers"]:  # winner-take-all of eq. 18 on the alphas, weights and activations apart
@@ -46,13 +47,12 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     assert 1.0 <= policy.meta["avg_bits"] <= 4.0
 
     assert _mpq("edmips", "train", *_fast(out)) == 0
-    results = json.loads((out / "results.json").read_text())
-    for key in ("paper", "row", "model", "dataset", "policy", "params", "macs", "bops", "size_mb", "top1",
-                "top5", "wall_time_s", "device", "seed", "code_version"):
-        assert key in results, key
-    assert results["paper"] == "edmips" and results["bops"] == pytest.approx(policy.meta["bops"])
-    assert set(results["wall_time_s"]) == {"search", "discretize", "train"}
-    assert 0.0 <= results["top1"] <= 100.0
+    results = load_results(out / "train" / "results.json")  # validated against core.results.RunResult
+    assert results.paper == "edmips" and results.method == "edmips" and results.table_row == "digits-demo"
+    assert results.counts.convention == "edmips" and results.counts.scope == "searchable"
+    assert results.counts.bops == pytest.approx(policy.meta["bops"])
+    assert set(results.wall_time_s) == {"search", "discretize", "train"}
+    assert 0.0 <= results.metrics["top1"] <= 100.0 and results.extra["policy_source"] == "searched"
 
     assert _mpq("edmips", "plot", str(out)) == 0
     for png in ("arch_evolution_weights.png", "arch_evolution_activations.png", "bit_allocation.png",
@@ -63,7 +63,8 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
 def test_search_resumes_and_extends(tmp_path):
     out = tmp_path / "run"
     _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=1"))
-    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=2"))  # resume=auto: one more epoch
+    # one more epoch: a changed identity key, so the run continues only when forced (recorded in run.json)
+    _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=2", "run.resume=force"))
     history = json.loads((out / "search" / "arch_history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
     records = [json.loads(line) for line in (out / "search" / "metrics.jsonl").read_text().splitlines()]
@@ -74,14 +75,15 @@ def test_search_resumes_and_extends(tmp_path):
 def test_uniform_baseline_and_multinomial_discretize(tmp_path):
     out = tmp_path / "run"
     _mpq("edmips", "train", *_fast(out, "train.policy=uniform"))
-    results = json.loads((out / "results.json").read_text())
-    assert {(e["w_bits"], e["a_bits"]) for e in results["policy"]["layers"]} == {(2, 2)}
-    assert results["avg_bits"] == pytest.approx(2.0)
+    results = load_results(out / "train" / "results.json")
+    assert {(e["w_bits"], e["a_bits"]) for e in results.policy["layers"]} == {(2, 2)}
+    assert results.counts.avg_bits == pytest.approx(2.0) and results.method == "uniform"
     _mpq("edmips", "search", *_fast(out, "search.schedule.epochs=1"))
-    _mpq("edmips", "discretize", *_fast(out, "discretize.rule=multinomial", "discretize.trials=50",
-                                         "discretize.samples=3", "discretize.target_avg_bits=2.0"))
-    samples = json.loads((out / "discretize_samples.json").read_text())
-    policy = BitPolicy.load(out / "policy.json")
+    _mpq("edmips", "discretize", *_fast(out, "search.schedule.epochs=1", "discretize.rule=multinomial",
+                                         "discretize.trials=50", "discretize.samples=3",
+                                         "discretize.target_avg_bits=2.0"))
+    samples = json.loads((out / "discretize" / "discretize_samples.json").read_text())
+    policy = BitPolicy.load(out / "discretize" / "policy.json")
     assert len(samples) == 3 and policy.meta["rule"] == "multinomial" and policy.meta["trials"] == 50
 
 
@@ -107,10 +109,10 @@ def test_plot_compares_the_complexity_evolution_of_several_searches(tmp_path):
 
 
 def test_cli_errors_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="packaged"):
-        config_path("no_such_config")
+    with pytest.raises(ConfigError, match="packaged: .*digits"):
+        PAPER.config_path("no_such_config")
     with pytest.raises(ConfigError, match="unknown config key"):
-        load_edmips_config(config_path("digits"), ["search.etaa=1"])
+        PAPER.load_config("digits", ["search.etaa=1"])
     with pytest.raises(ConfigError, match="arch_state.json"):
         _mpq("edmips", "discretize", *_fast(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="discretize"):
@@ -120,10 +122,10 @@ def test_cli_errors_are_config_errors(tmp_path):
         _mpq("edmips", "plot", str(tmp_path / "bare"))
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_packaged_config_loads(path):
-    cfg = load_edmips_config(path, [])
-    assert cfg.row, f"{path.name} must name its row"
+@pytest.mark.parametrize("name", PAPER.config_names())
+def test_every_packaged_config_loads(name):
+    cfg = PAPER.load_config(name)
+    assert cfg.table_row, f"{name}.yaml must name its table row"
     assert cfg.search.strategy in ("single_pass", "alternating")
     assert cfg.discretize.rule in ("argmax", "multinomial")
     assert cfg.train.policy in ("searched", "uniform", "float")

@@ -131,3 +131,20 @@ def test_discretize_state_meta_and_sample_selection():
     assert policy.meta["avg_bits"] == pytest.approx(best["avg_bits"])
     with pytest.raises(ConfigError, match="samples"):
         discretize_state(_state(), rule="argmax", samples=2)
+
+
+def test_w_clip_bound_reaches_every_gaussian_quantizer():
+    """``quant.w_clip_bound`` (grid by default; float64: the official bound) in search and final models."""
+    from core.models import build_model
+    from core.nn import quantize_model
+    from core.quant.gaussian import GaussianQuantizer
+    from papers.edmips.config import QuantConfig
+    from papers.edmips.models import composite_spec, fixed_spec
+
+    for clip_bound in ("grid", "float64"):
+        quant = QuantConfig(w_clip_bound=clip_bound)
+        for spec in (composite_spec(quant), fixed_spec(quant, 2, 2)):
+            model = build_model("digits_resnet", num_classes=10, widths=[4, 8, 8], blocks=1)
+            quantize_model(model, spec)
+            found = [m.clip_bound for m in model.modules() if isinstance(m, GaussianQuantizer)]
+            assert found and set(found) == {clip_bound}

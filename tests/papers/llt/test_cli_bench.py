@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from core.bops import count
 from core.cli import main
 from core.method import SearchRequest
+from core.models import build_model
 from core.policy import BitPolicy
 from papers.llt.bench import METHOD
 from papers.llt.indicators import ImportanceIndicators
@@ -74,6 +76,40 @@ def test_cli_search_unknown_layer_is_reported(tmp_path, capsys):
     assert rc == 2 and "not conv/linear layers of the model" in capsys.readouterr().err
 
 
+def _indicators(path, names, bits=(4, 2), step=0.1):
+    table = {n: {b: step * 2 ** (4 - b) for b in bits} for n in names}
+    ImportanceIndicators(bits=list(bits), layer_names=list(names), weight=table, act=table).save(path)
+    return path
+
+
+def test_cli_search_refuses_indicators_that_miss_layers_of_the_model(tmp_path, capsys):
+    """The digits model's indicators (6 layers) with --model resnet20 (18 searchable layers) once gave a
+    6-layer policy, the other 12 layers silently at 8 bits."""
+    digits = [n for n, m in build_model("digits_resnet", num_classes=10).named_modules()
+              if isinstance(m, torch.nn.Conv2d)][1:]
+    path = _indicators(tmp_path / "digits.json", digits)
+    out = tmp_path / "policy.json"
+    rc = main(["llt", "search", "--indicators", str(path), "--model", "resnet20", "--num-classes", "10",
+               "--w-bits", "3", "--a-bits", "3", "--input-size", "3", "32", "32", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "cover 6 of the model's 18 searchable layers" in err and "layer1.1.conv1, layer1.1.conv2" in err
+
+
+@pytest.mark.parametrize("step", [0.0, -0.05, float("nan")])
+def test_cli_search_refuses_nonpositive_steps(tmp_path, capsys, step):
+    names = [n for n, m in build_model("resnet20", num_classes=10).named_modules()
+             if isinstance(m, torch.nn.Conv2d)][1:]
+    path = _indicators(tmp_path / "i.json", names)
+    data = json.loads(path.read_text())
+    data["act"][names[4]]["2"] = step
+    path.write_text(json.dumps(data))
+    rc = main(["llt", "search", "--indicators", str(path), "--model", "resnet20", "--num-classes", "10",
+               "--w-bits", "3", "--a-bits", "3", "--input-size", "3", "32", "32", "-o", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"'act' of layer '{names[4]}' has step(s) {{2: {step}}}" in err and "> 0" in err
+
+
 def test_benchmark_method_returns_a_policy_within_the_bops_budget(tiny_data, tmp_path):
     def build():
         torch.manual_seed(0)
@@ -89,4 +125,16 @@ def test_benchmark_method_returns_a_policy_within_the_bops_budget(tiny_data, tmp
     assert METHOD.name == "llt"
     assert list(policy.layers) == list(macs)
     assert sum(macs[n] * w * a for n, (w, a) in policy.layers.items()) <= budget
-    assert (tmp_path / "llt_indicators" / "indicators.json").is_file()
+    assert (tmp_path / "indicators.json").is_file()
+    # the same request again reuses its indicators (one Alg. 1 training for every budget); another seed
+    # or another initialisation trains its own instead of reusing these
+    key = policy.meta["shared_over"]
+    assert METHOD.search(request).meta["shared_over"] == key
+    assert METHOD.search(dataclasses.replace(request, seed=1)).meta["shared_over"] != key
+    other = METHOD.search(dataclasses.replace(request, build_model=lambda: build().apply(_reinit)))
+    assert other.meta["shared_over"] != key
+
+
+def _reinit(module):
+    if isinstance(module, torch.nn.Conv2d):
+        torch.nn.init.constant_(module.weight, 0.01)

@@ -71,20 +71,3 @@ def test_k_random_policies(tiny_data):
     trainer = _trainer(model, names, tiny_data, random_policies=3)
     trainer.train_step(next(iter(trainer.train_loader)))
     assert len(count) == len(BITS) + 3
-
-
-def test_bn_reestimation_averages_the_statistics_of_the_requested_images(tiny_data):
-    from papers.llt.finetune import reestimate_bn_statistics
-
-    model = tiny_net()
-    bn = model[1]
-    bn.running_mean.fill_(5.0)
-    loader = DataLoader(tiny_data, batch_size=8, shuffle=False)
-    used = reestimate_bn_statistics(model, loader, 20, torch.device("cpu"))
-    assert used == 20
-    with torch.no_grad():
-        feats = model[0](tiny_data.tensors[0][:20])
-    # the cumulative average over batches of 8, 8, 4 images (batch means weighted equally, as BN does)
-    means = [feats[i:j].mean(dim=(0, 2, 3)) for i, j in ((0, 8), (8, 16), (16, 20))]
-    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
-    assert bn.momentum == 0.1 and model.training  # momentum and mode restored

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import DataConfig
+from core.engine import process
 from core.nn import QuantSpec, quantize_model
-from papers.llt import common
-from papers.llt.finetune import rescale_fc_weight
+from papers.llt.finetune import fold_fc_rescale, rescale_fc_weight
 
 
 def _quantized_fc() -> nn.Module:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
-    quantize_model(model, QuantSpec(mode="fixed", w_quant="lsq", a_quant="lsq", first="w8", last="w8a8"))
+    quantize_model(model, QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", first="w8", last="w8a8"))
     return model[2]
 
 
@@ -55,9 +55,22 @@ def test_fc_rescale_matches_the_official_forward_in_training_and_evaluation():
     torch.testing.assert_close(fc(x), F.linear(fc.act_quantizer(x), fc.quantized_weight(), fc.bias))
 
 
+def test_fc_rescale_folds_into_the_bias_for_export():
+    """What ``final.pt`` holds: the plain layer with ``b / c`` computes the hooked layer's evaluation
+    output."""
+    fc = _quantized_fc()
+    x = torch.randn(5, 64)
+    handle = rescale_fc_weight(fc)
+    fc.eval()
+    want = fc(x)
+    fold_fc_rescale(fc, handle)
+    torch.testing.assert_close(fc(x), want, rtol=1e-5, atol=1e-6)
+    assert not fc._forward_hooks
+
+
 @pytest.mark.parametrize("per_device,expected", [(False, 16), (True, 64)])
 def test_per_device_batch_is_the_official_per_gpu_batch(monkeypatch, per_device, expected):
-    monkeypatch.setattr(common, "get_info", lambda: SimpleNamespace(world_size=4))
+    monkeypatch.setattr(process, "get_info", lambda: SimpleNamespace(world_size=4))
     data = DataConfig(name="digits", image_size=8, batch_size=256, workers=0)
-    _, _, train_loader, _ = common.build_loaders(data, 0, batch_size=64, per_device=per_device)
-    assert train_loader.batch_size == expected
+    loaders = process.classification_data(data, 0, batch_size=64, per_device=per_device)
+    assert loaders.train.batch_size == expected

@@ -12,7 +12,8 @@ import pytest
 from core.models import build_model
 from papers.llt.complexity import layer_costs
 from papers.llt.indicators import ImportanceIndicators
-from papers.llt.search import SearchSettings, search_policy
+from papers.llt.search import search_policy
+from papers.llt.settings import SearchSettings
 from tests.papers.llt.helpers import reference_file
 
 INDICATORS = reference_file("limpq-resnet50-indicators.json")

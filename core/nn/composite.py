@@ -1,12 +1,13 @@
-"""EdMIPS's searchable layers (Cai & Vasconcelos, CVPR 2020, eq. 10-16): ``MixedConv2d``, ``MixedLinear``.
+"""Composite convolution (EdMIPS, Cai & Vasconcelos, CVPR 2020, eq. 10-16): ``CompositeConv2d``,
+``CompositeLinear`` and the ``composite`` layer kind.
 
 One layer holds architecture logits ``alpha_w`` (weight bits) and ``alpha_a`` (activation bits),
 decoupled search spaces (default w {1, 2, 3, 4}, a {2, 3, 4}). Its forward is ONE convolution
 (eq. 14) of the activation mixture (eq. 12) with the composite weight (eq. 16, or eq. 15 with
 unshared weights), so the step cost stays nearly flat as candidates are added.
 
-Gates: ``softmax`` (EdMIPS, default), ``gumbel_soft`` / ``gumbel_hard`` (Gumbel-softmax with
-temperature ``tau``; hard = straight-through one-hot), ``single_path`` (one candidate sampled per
+Gates: ``softmax`` (EdMIPS, default), ``gumbel_soft`` / ``gumbel_hard`` (``core.nn.gates.gumbel_softmax``
+with temperature ``tau``; hard = straight-through one-hot), ``single_path`` (one candidate sampled per
 forward with probability pi; the one-hot gate carries a straight-through gradient to pi, so
 ``d loss / d pi_i`` is the loss's sensitivity to candidate ``i``). In ``eval()`` the stochastic
 modes are deterministic: ``gumbel_soft`` uses pi, ``gumbel_hard`` / ``single_path`` the argmax.
@@ -22,13 +23,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import ConfigError
+from core.nn.gates import gumbel_softmax
+from core.nn.kinds import (
+    DEFAULT_A_CANDIDATES,
+    DEFAULT_W_CANDIDATES,
+    KindContext,
+    QuantSpec,
+    register_layer_kind,
+)
 from core.nn.qlayers import build_quantizer, copy_float_params
-from core.quant.edmips import GaussianQuantizer, HWGQQuantizer
+from core.quant.gaussian import GaussianQuantizer
+from core.quant.hwgq import HWGQQuantizer
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
 
 SAMPLING_MODES = ("softmax", "gumbel_soft", "gumbel_hard", "single_path")
-DEFAULT_W_CANDIDATES = (1, 2, 3, 4)
-DEFAULT_A_CANDIDATES = (2, 3, 4)
 
 
 def sample_gates(alpha: torch.Tensor, mode: str, tau: float, training: bool) -> torch.Tensor:
@@ -38,21 +46,20 @@ def sample_gates(alpha: torch.Tensor, mode: str, tau: float, training: bool) -> 
         return pi
     if not training:
         return F.one_hot(pi.argmax(), pi.numel()).to(pi.dtype)
-    if mode == "gumbel_soft":
-        return F.gumbel_softmax(alpha, tau=tau, hard=False, dim=0)
-    if mode == "gumbel_hard":
-        return F.gumbel_softmax(alpha, tau=tau, hard=True, dim=0)
+    if mode in ("gumbel_soft", "gumbel_hard"):
+        return gumbel_softmax(alpha, tau=tau, hard=mode == "gumbel_hard", dim=0)
     index = torch.multinomial(pi.detach(), 1)[0]
     one_hot = F.one_hot(index, pi.numel()).to(pi.dtype)
     return one_hot + pi - pi.detach()
 
 
-class _MixedMixin:
-    """The search machinery shared by :class:`MixedConv2d` and :class:`MixedLinear`."""
+class _CompositeMixin:
+    """The search machinery shared by :class:`CompositeConv2d` and :class:`CompositeLinear`."""
 
     weight: nn.Parameter
+    arch_parameter_names = ("alpha_w", "alpha_a")  # collected by core.nn.arch_parameters
 
-    def _init_mixed(
+    def _init_composite(
         self,
         out_channels: int,
         in_channels: int,
@@ -145,10 +152,11 @@ class _MixedMixin:
         """``W_bar = sum_i g_i Q_i(W_i)``: eq. (16) with shared ``W``, eq. (15) with unshared weights."""
         gates = self.gates_w() if gates is None else gates
         quants = list(self.w_quantizers)
-        if self.share_weight and all(type(q) is GaussianQuantizer for q in quants):
+        if (self.share_weight and all(type(q) is GaussianQuantizer for q in quants)
+                and len({q.clip_bound for q in quants}) == 1):
             coefs = tuple(q.coefs.get(q.bits, 0.0) for q in quants)
             bits = tuple(q.bits for q in quants)
-            return gaussian_mixture(self.weight, gates, coefs, bits)  # one fused function
+            return gaussian_mixture(self.weight, gates, coefs, bits, quants[0].clip_bound)  # one fused kernel
         out = None
         for i, quant in enumerate(quants):
             term = gates[i] * quant(self.candidate_weight(i))
@@ -176,25 +184,26 @@ class _MixedMixin:
             with torch.no_grad():
                 self.extra_weights.copy_(module.weight.unsqueeze(0).expand_as(self.extra_weights))
 
-    def _mixed_repr(self) -> str:
+    def _composite_repr(self) -> str:
         return f", w_candidates={self.w_candidates}, a_candidates={self.a_candidates}, " \
             f"share_weight={self.share_weight}, sampling={self.sampling}"
 
 
-_MIXED_DEFAULTS: dict[str, Any] = dict(
+_COMPOSITE_DEFAULTS: dict[str, Any] = dict(
     w_candidates=DEFAULT_W_CANDIDATES, a_candidates=DEFAULT_A_CANDIDATES, w_quant="gaussian",
     a_quant="hwgq", w_options=None, a_options=None, share_weight=True, alpha_init=0.01,
 )
 
 
-def _mixed_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(spec) - set(_MIXED_DEFAULTS)
+def _composite_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(spec) - set(_COMPOSITE_DEFAULTS)
     if unknown:
-        raise ConfigError(f"unknown mixed-layer options {sorted(unknown)}; valid: {sorted(_MIXED_DEFAULTS)}")
-    return {**_MIXED_DEFAULTS, **spec}
+        raise ConfigError(f"unknown composite-layer options {sorted(unknown)}; "
+                          f"valid: {sorted(_COMPOSITE_DEFAULTS)}")
+    return {**_COMPOSITE_DEFAULTS, **spec}
 
 
-class MixedConv2d(_MixedMixin, nn.Conv2d):
+class CompositeConv2d(_CompositeMixin, nn.Conv2d):
     """EdMIPS composite convolution: ``conv(sum_j pi_j a_j(x), sum_i pi_i Q_i(W))`` (eq. 14).
 
     Keyword options (after the ``nn.Conv2d`` arguments): ``w_candidates``, ``a_candidates``,
@@ -207,14 +216,14 @@ class MixedConv2d(_MixedMixin, nn.Conv2d):
                  padding_mode: str = "zeros", device: Any = None, dtype: Any = None, **spec: Any) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
-        self._init_mixed(out_channels, in_channels, **_mixed_kwargs(spec))
+        self._init_composite(out_channels, in_channels, **_composite_kwargs(spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.activation_mixture(x), self.composite_weight(), self.bias)
 
     @classmethod
-    def from_float(cls, module: nn.Conv2d, **spec: Any) -> MixedConv2d:
-        """A ``MixedConv2d`` with ``module``'s geometry, weight and bias (copied to every candidate)."""
+    def from_float(cls, module: nn.Conv2d, **spec: Any) -> CompositeConv2d:
+        """A ``CompositeConv2d`` with ``module``'s geometry, weight and bias (copied to every candidate)."""
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                   module.dilation, module.groups, module.bias is not None, module.padding_mode,
                   device=module.weight.device, dtype=module.weight.dtype, **spec)
@@ -222,28 +231,40 @@ class MixedConv2d(_MixedMixin, nn.Conv2d):
         return new
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + self._mixed_repr()
+        return super().extra_repr() + self._composite_repr()
 
 
-class MixedLinear(_MixedMixin, nn.Linear):
+class CompositeLinear(_CompositeMixin, nn.Linear):
     """EdMIPS composite linear layer: ``linear(sum_j pi_j a_j(x), sum_i pi_i Q_i(W))``; options as
-    :class:`MixedConv2d`."""
+    :class:`CompositeConv2d`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
                  dtype: Any = None, **spec: Any) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
-        self._init_mixed(out_features, in_features, **_mixed_kwargs(spec))
+        self._init_composite(out_features, in_features, **_composite_kwargs(spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.activation_mixture(x), self.composite_weight(), self.bias)
 
     @classmethod
-    def from_float(cls, module: nn.Linear, **spec: Any) -> MixedLinear:
-        """A ``MixedLinear`` with ``module``'s shape, weight and bias (copied to every candidate)."""
+    def from_float(cls, module: nn.Linear, **spec: Any) -> CompositeLinear:
+        """A ``CompositeLinear`` with ``module``'s shape, weight and bias (copied to every candidate)."""
         new = cls(module.in_features, module.out_features, module.bias is not None,
                   device=module.weight.device, dtype=module.weight.dtype, **spec)
         new._copy_from_float(module)
         return new
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + self._mixed_repr()
+        return super().extra_repr() + self._composite_repr()
+
+
+@register_layer_kind("composite", layers=(CompositeConv2d, CompositeLinear),
+                     options={"share_weight": True, "alpha_init": 0.01}, w_quant="gaussian", a_quant="hwgq")
+def composite_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindContext
+                    ) -> CompositeConv2d | CompositeLinear:
+    """CompositeConv2d / CompositeLinear searching ``w_candidates`` x ``a_candidates`` (EdMIPS eq. 14-16)."""
+    cls = CompositeConv2d if isinstance(module, nn.Conv2d) else CompositeLinear
+    return cls.from_float(module, w_candidates=spec.w_candidates, a_candidates=spec.a_candidates,
+                          w_quant=spec.w_quant, a_quant=spec.a_quant, w_options=dict(spec.w_options),
+                          a_options=dict(spec.a_options), share_weight=ctx.options["share_weight"],
+                          alpha_init=ctx.options["alpha_init"])

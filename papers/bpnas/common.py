@@ -1,0 +1,67 @@
+"""What every BP-NAS stage shares: run paths, process setup and data loaders (core's, with a per-epoch
+step cap for smoke runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import DataConfig
+from core.engine import DistInfo, classification_data, num_classes_for, setup_process
+from papers.bpnas.config import BpnasConfig
+
+SEARCH_DIR, TRAIN_DIR, FIGURES_DIR = "search", "train", "figures"
+POLICY_FILE, RESULTS_FILE, ARCH_STATE_FILE = "policy.json", "results.json", "arch_state.json"
+
+
+def run_paths(cfg: BpnasConfig) -> tuple[Path, Path, Path]:
+    """(run root, search dir, train dir) of a config."""
+    root = Path(cfg.run.out_dir)
+    return root, root / SEARCH_DIR, root / TRAIN_DIR
+
+
+def setup(cfg: BpnasConfig) -> DistInfo:
+    """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
+    return setup_process(cfg.run)
+
+
+class CappedLoader:
+    """At most ``max_steps`` batches per epoch of ``loader`` (0: all); forwards ``set_epoch``."""
+
+    def __init__(self, loader: Any, max_steps: int = 0):
+        self.loader, self.max_steps = loader, int(max_steps)
+
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return min(n, self.max_steps) if self.max_steps > 0 else n
+
+    def __iter__(self) -> Iterator:
+        for i, batch in enumerate(self.loader):
+            if i >= len(self):
+                break
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+
+@dataclass
+class Data:
+    train: Any
+    val: Any
+    num_classes: int
+    input_size: tuple[int, int, int]
+
+
+def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> Data:
+    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data)."""
+    d = classification_data(data, seed, info=info)
+    return Data(CappedLoader(d.train, max_steps), d.val, d.num_classes, d.input_size)
+
+
+def num_classes_of(cfg: BpnasConfig) -> int:
+    """``model.num_classes``, or the dataset's when it is None."""
+    return num_classes_for(cfg.model, cfg.data.name)
