@@ -65,3 +65,6 @@ class GaussianQuantizer(Quantizer):
         note = "" if exact else ("the clip bound, built in float64 as in the official EdMIPS code, is one "
                                  "float32 ulp off the top level: clipped weights differ by that ulp")
         return IntegerGrid(step / 2, -top, top, odd_only=True, exact=exact, note=note)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.clip_bound == "grid" else f", clip_bound={self.clip_bound}")
