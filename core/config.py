@@ -138,6 +138,9 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # None: no clipping
     grad_clip_mode: Literal["norm", "value"] = "norm"
+    # no weight decay on 1-D parameters (BN, per-tensor quantizer steps) and biases, as timm's
+    # create_optimizer does (used when the optimizer is built from a module; see core.engine.optim)
+    no_decay_1d: bool = False
 
     def validate(self) -> None:
         require_range(self, ["lr", "grad_clip"], gt=0)
@@ -158,6 +161,8 @@ class ScheduleConfig:
     milestones: list[int] = dataclasses.field(default_factory=list)  # "multistep"
     min_lr: float = 0.0  # "cosine": final lr
     per_step: bool = True  # update every iteration (False: only at epoch boundaries)
+    cooldown_epochs: float = 0.0  # "cosine": the last cooldown_epochs of `epochs` stay at min_lr
+    warmup_prefix: bool = True  # "cosine" starts after the warm-up (False: at 0; the warm-up overrides it)
 
     def validate(self) -> None:
         require_range(self, ["epochs", "step_size"], ge=1)

@@ -89,15 +89,17 @@ class ClassificationData:
 
 
 def classification_data(data: DataConfig, seed: int, batch_size: int | None = None,
-                        info: DistInfo | None = None, batch_key: str = "batch_size") -> ClassificationData:
+                        info: DistInfo | None = None, batch_key: str = "batch_size", per_device: bool = False
+                        ) -> ClassificationData:
     """Train / val datasets and loaders of ``data``. ``batch_size`` (a stage's own, named ``batch_key`` in
-    errors; default ``data.batch_size``) is global and must divide by the world size; the sampler
-    shuffles with ``seed`` on every rank."""
+    errors; default ``data.batch_size``) is global and must divide by the world size, or with
+    ``per_device`` each process's own (recipes whose batch sizes are per GPU, e.g. LLT's official code);
+    the sampler shuffles with ``seed`` on every rank."""
     from core.data import build_dataset_from_config, build_loader, dataset_info
 
     world = (info or get_info()).world_size
     key = "data.batch_size" if batch_size is None else batch_key
-    per_rank = per_rank_batch(batch_size or data.batch_size, world, key)
+    per_rank = per_rank_batch(batch_size or data.batch_size, 1 if per_device else world, key)
     val_batch = max(1, (data.val_batch_size or data.batch_size) // world)
     train_set = build_dataset_from_config(data, "train")
     val_set = build_dataset_from_config(data, "val", augment=False)

@@ -152,10 +152,11 @@ class _CompositeMixin:
         """``W_bar = sum_i g_i Q_i(W_i)``: eq. (16) with shared ``W``, eq. (15) with unshared weights."""
         gates = self.gates_w() if gates is None else gates
         quants = list(self.w_quantizers)
-        if self.share_weight and all(type(q) is GaussianQuantizer for q in quants):
+        if (self.share_weight and all(type(q) is GaussianQuantizer for q in quants)
+                and len({q.clip_bound for q in quants}) == 1):
             coefs = tuple(q.coefs.get(q.bits, 0.0) for q in quants)
             bits = tuple(q.bits for q in quants)
-            return gaussian_mixture(self.weight, gates, coefs, bits)  # one fused function
+            return gaussian_mixture(self.weight, gates, coefs, bits, quants[0].clip_bound)  # one fused kernel
         out = None
         for i, quant in enumerate(quants):
             term = gates[i] * quant(self.candidate_weight(i))

@@ -17,6 +17,10 @@ from core.quant.grid import IntegerGrid, check_bits
 
 LSQ_INITS = ("limpq", "lsq")
 LSQ_GRAD_SCALES = ("per_step", "tensor")
+
+#: ``paper``: the LSQ paper's gradients (eq. 3; the official LIMPQ code's, x/s clamped before rounding);
+#: ``native``: those of torch's ``_fake_quantize_learnable_per_tensor_affine`` (range decided after rounding)
+LSQ_GRADIENTS = {"paper": F.lsq_fake_quant, "native": F.lsq_fake_quant_native}
 _MIN_STEP = 1e-8
 
 
@@ -38,6 +42,10 @@ class LSQQuantizer(Quantizer):
         init: weight-step initialisation, ``"limpq"`` (LLT official: ``max(|mu - 3 sigma|,
             |mu + 3 sigma|) / 2^(b-1)``, unbiased sigma) or ``"lsq"`` (the LSQ paper:
             ``2 mean|w| / sqrt(Q_p)``). Activations always use ``2 mean|x| / sqrt(Q_p)``.
+        gradient: ``"paper"`` (default: LSQ eq. 3 and the official LIMPQ quantizer; ``x / s`` clamped
+            before rounding, so in the half-step band just outside the range ``x`` gets 0 and the step
+            ``Q_n`` / ``Q_p``) or ``"native"`` (torch's learnable fake-quant op, which decides the range
+            after rounding: gradient 1 to ``x`` and ``round(x/s) - x/s`` to the step in that band).
 
     Every step is initialised from the data on the first forward at its bit-width (per-channel
     statistics are taken over all other dimensions); an ``initialized`` buffer records which
@@ -63,12 +71,16 @@ class LSQQuantizer(Quantizer):
         candidate_bits: Sequence[int] | None = None,
         init: str = "limpq",
         grad_scale: str = "per_step",
+        gradient: str = "paper",
     ) -> None:
         super().__init__(FULL_PRECISION, role)
         if init not in LSQ_INITS:
             raise ConfigError(f"lsq init must be one of {LSQ_INITS}, got {init!r}")
         if grad_scale not in LSQ_GRAD_SCALES:
             raise ConfigError(f"lsq grad_scale must be one of {LSQ_GRAD_SCALES}, got {grad_scale!r}")
+        if gradient not in LSQ_GRADIENTS:
+            raise ConfigError(f"lsq gradient must be one of {sorted(LSQ_GRADIENTS)}, got {gradient!r}")
+        self.gradient = gradient
         if per_channel and not channels:
             raise ConfigError("lsq per_channel=True needs channels=<number of channels>")
         self.signed = (role == "weight") if signed is None else bool(signed)
@@ -171,7 +183,7 @@ class LSQQuantizer(Quantizer):
             step = step[0]
             numel = x.numel()
         grad_scale = 1.0 / math.sqrt(qp * numel)
-        return kernel(F.lsq_fake_quant)(x, step, qn, qp, grad_scale)
+        return kernel(LSQ_GRADIENTS[self.gradient])(x, step, qn, qp, grad_scale)
 
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid:
         """Step ``s`` (per-channel along ``ch_axis``), zero point 0, integers ``[Q_n, Q_p]``; exact."""
@@ -189,4 +201,5 @@ class LSQQuantizer(Quantizer):
     def extra_repr(self) -> str:
         extra = f", candidate_bits={self.candidate_bits}" if self.candidate_bits else ""
         pc = f", per_channel(axis={self.ch_axis})" if self.per_channel else ""
-        return f"{super().extra_repr()}, signed={self.signed}{pc}{extra}"
+        grad = "" if self.gradient == "paper" else f", gradient={self.gradient}"
+        return f"{super().extra_repr()}, signed={self.signed}{pc}{extra}{grad}"

@@ -3,10 +3,11 @@
 - ``hwgq_mixture(x, gates, steps, levels)``: ``sum_j gates_j HWGQ_j(x)`` (eq. 12); one HWGQ quantizer is
   the case of one candidate with ``gates=None``.
 - ``gaussian_mixture(w, gates, coefs, bits)``: ``sum_i gates_i Q_i(w)`` on one shared weight (eq. 16), the
-  std of ``w`` computed once; one Gaussian quantizer is the case of one candidate with ``gates=None``.
+  std of ``w`` and the candidates' steps computed once (in float64, then cast); one Gaussian quantizer is
+  the case of one candidate with ``gates=None``.
 
-Both save only their inputs (and a scalar std) for the backward and recompute the rest there, so memory
-does not grow with the candidates. The forward and backward math are the pure functions of
+Both save only their inputs (and two scalars per weight candidate) for the backward and recompute the rest
+there, so memory does not grow with the candidates. The forward and backward math are the pure functions of
 :mod:`core.quant.functional` (``*_forward`` / ``*_backward``); with :func:`core.quant.set_compiled` each
 is one ``torch.compile``d kernel. Writing the backward by hand rather than letting AOTAutograd derive it
 matters on CPU: AOTAutograd's partitioner saves the straight-through masks as ``bool`` tensors, and the
@@ -51,21 +52,23 @@ class _HWGQMixture(torch.autograd.Function):
 
 class _GaussianMixture(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, gates: torch.Tensor | None, coefs: tuple, bits: tuple) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, gates: torch.Tensor | None, coefs: tuple, bits: tuple,
+                clip_bound: str) -> torch.Tensor:
         ctx.single = gates is None  # one candidate of gate 1
         gates = w.new_ones(1) if gates is None else gates.to(w.dtype)
-        out, std = _kernel(F.gaussian_mixture_forward)(w, gates, coefs, bits)
-        ctx.save_for_backward(w, gates, std)
-        ctx.coefs, ctx.bits = coefs, bits
+        steps = _kernel(F.gaussian_steps)(w, coefs, bits, clip_bound)
+        out = kernel(F.gaussian_mixture_forward)(w, gates, steps, bits)
+        ctx.save_for_backward(w, gates, steps)
+        ctx.bits = bits
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w, gates, std = ctx.saved_tensors
+        w, gates, steps = ctx.saved_tensors
         if ctx.single:  # one candidate of gate 1: the identity STE passes the gradient through
-            return grad, None, None, None
-        grad_w, grad_g = _kernel(F.gaussian_mixture_backward)(grad, w, gates, std, ctx.coefs, ctx.bits)
-        return (grad_w if ctx.needs_input_grad[0] else None), grad_g, None, None
+            return grad, None, None, None, None
+        grad_w, grad_g = kernel(F.gaussian_mixture_backward)(grad, w, gates, steps, ctx.bits)
+        return (grad_w if ctx.needs_input_grad[0] else None), grad_g, None, None, None
 
 
 def hwgq_mixture(x: torch.Tensor, gates: torch.Tensor | None, steps: Sequence[float],
@@ -81,12 +84,13 @@ def hwgq_mixture(x: torch.Tensor, gates: torch.Tensor | None, steps: Sequence[fl
 
 
 def gaussian_mixture(w: torch.Tensor, gates: torch.Tensor | None, coefs: Sequence[float],
-                     bits: Sequence[int]) -> torch.Tensor:
+                     bits: Sequence[int], clip_bound: str = "grid") -> torch.Tensor:
     """EdMIPS eq. (16) with Gaussian mid-rise candidates on one shared ``w``: ``sum_i gates_i Q_i(w)``.
 
-    ``Q_i`` has step ``coefs_i * std(w)`` (``bits_i >= 32``: the float weight). Gradients:
+    ``Q_i`` has step ``coefs_i * std(w)`` (``bits_i >= 32``: the float weight) and the clip bound of
+    ``clip_bound`` (:func:`core.quant.functional.gaussian_step`). Gradients:
     ``dw = grad * sum_i gates_i`` (identity STE of every candidate), ``dgates_i = sum(grad * Q_i(w))``.
     ``gates=None``: one candidate with weight 1 (a plain Gaussian quantizer).
     """
     return _GaussianMixture.apply(w, gates, tuple(float(c) for c in coefs),
-                                  tuple(int(b) for b in bits))
+                                  tuple(int(b) for b in bits), clip_bound)

@@ -60,9 +60,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from papers.edmips.plots import plot_run
+    from papers.edmips.plots import plot_runs
 
-    for path in plot_run(args.run_dir):
+    for path in plot_runs(args.run_dir, args.out):
         print(path)
     return 0
 
@@ -96,8 +96,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
               ("run", _run, "search, discretize and train in one go"))
     for name, func, text in stages:
         PAPER.add_config_arguments(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
-    p = sub.add_parser("plot", help="architecture evolution (Fig. 4) and bit allocation (Fig. 6) PNGs")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (run.out_dir) of a search")
+    p = sub.add_parser("plot", help="architecture evolution (Fig. 4), complexity evolution (Fig. 7(b)) and "
+                                    "bit allocation (Fig. 6) PNGs")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="run directories (run.out_dir) of searches")
+    p.add_argument("--out", default="complexity_evolution.png",
+                   help="with several RUN_DIRs: their complexity curves in one figure here (Fig. 7(b))")
     p.set_defaults(func=_plot)
     group.set_defaults(func=lambda a: (group.print_help(), 1)[1])
     return group

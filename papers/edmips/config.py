@@ -32,6 +32,9 @@ class QuantConfig:
     w_quantizer: str = "gaussian"  # eq. 3: Lloyd-Max optimal uniform step for N(0, sigma^2)
     a_quantizer: str = "hwgq"  # half-wave Gaussian quantizer of HWGQ-Net
     shared_weight: bool = True  # eq. 16 (one W for every candidate); false: eq. 15 (one W_i each)
+    # gaussian's clip bound: "grid" (the top level of its own grid: exact integer export) or "float64" (the
+    # official code's, built in float64: one ulp off in about a quarter of tensors; bit for bit official)
+    w_clip_bound: str = "grid"
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Section 4.7: derive the discrete mixed-precision network from the searched soft selectors.
 
-The search writes ``search/arch_state.json`` (per layer: candidates, alpha, pi and the cost bases). This
-stage reads only that file, applies the rule of ``discretize.rule`` to the weights and the activations of
-each layer independently, and writes ``discretize/policy.json`` (a :class:`core.policy.BitPolicy`) whose
-``meta`` carries the BitOps and average bits under the ``edmips`` counting convention.
+The search writes ``search/arch_state.json`` (per layer: candidates, alpha at full float32 precision, pi
+and the cost bases). This stage reads only that file, applies the rule of ``discretize.rule`` to the
+weights and the activations of each layer independently (winner-take-all on the raw alphas, as the
+official code does: the float32 pi of two alphas one ulp apart can tie), and writes
+``discretize/policy.json`` (a :class:`core.policy.BitPolicy`) whose ``meta`` carries the BitOps and average
+bits under the ``edmips`` counting convention.
 
 Multinomial sampling (eq. 19): each architecture is drawn layer by layer as ``O ~ Multinomial(n, pi)`` and
 keeps, per layer, the candidate with the highest count among the n trials (n = ``discretize.trials``; n = 1 is
@@ -49,6 +51,7 @@ def load_arch_state(path: str | os.PathLike) -> dict:
     try:
         for layer in state["layers"]:
             _ = layer["name"], layer["pi_w"], layer["pi_a"], layer["w_candidates"], layer["a_candidates"]
+            _ = layer["alpha_w"], layer["alpha_a"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not an EdMIPS architecture state ({exc}); re-run the search") from exc
     return state
@@ -61,8 +64,8 @@ def choose_bits(arch_layers: list[dict], rule: str = "argmax", trials: int = 1,
         raise ConfigError(f"unknown discretize.rule {rule!r}; choose one of {', '.join(RULES)}")
     bits = {}
     for layer in arch_layers:
-        w = select(torch.tensor(layer["pi_w"]), rule, trials, generator)
-        a = select(torch.tensor(layer["pi_a"]), rule, trials, generator)
+        w = select(torch.tensor(layer["pi_w"]), rule, trials, generator, alpha=layer["alpha_w"])
+        a = select(torch.tensor(layer["pi_a"]), rule, trials, generator, alpha=layer["alpha_a"])
         bits[layer["name"]] = (int(layer["w_candidates"][w]), int(layer["a_candidates"][a]))
     return bits
 

@@ -45,13 +45,19 @@ def composite_spec(quant: QuantConfig) -> QuantSpec:
     """The QuantSpec of the search model: composite layers over the candidates of eq. 17."""
     return QuantSpec(kind="composite", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
                      w_candidates=list(quant.w_candidates), a_candidates=list(quant.a_candidates),
-                     options={"share_weight": quant.shared_weight}, first="float", last="float")
+                     w_options=_w_options(quant), options={"share_weight": quant.shared_weight},
+                     first="float", last="float")
 
 
 def fixed_spec(quant: QuantConfig, w_bits: int, a_bits: int) -> QuantSpec:
     """The QuantSpec of a fixed-precision model (bits then set per layer by a BitPolicy)."""
     return QuantSpec(kind="fixed", w_quant=quant.w_quantizer, a_quant=quant.a_quantizer,
-                     w_bits=w_bits, a_bits=a_bits, first="float", last="float")
+                     w_bits=w_bits, a_bits=a_bits, w_options=_w_options(quant), first="float", last="float")
+
+
+def _w_options(quant: QuantConfig) -> dict:
+    """``quant.w_clip_bound`` for the Gaussian weight quantizer (the only one that has it)."""
+    return {"clip_bound": quant.w_clip_bound} if quant.w_quantizer == "gaussian" else {}
 
 
 def build_search_model(model: nn.Module, quant: QuantConfig, alpha_init: float = 0.01

@@ -91,14 +91,23 @@ def _batch(batch: int, image_size: int, device: torch.device) -> tuple[torch.Ten
 def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, image_size: int = 32,
                       rounds: int = 5, block: int = 3, warmup: int = 2,
                       modes: tuple[str, ...] = ("eager", "compiled"), variants: tuple[str, ...] = VARIANTS,
-                      device: str = "cpu") -> dict:
+                      device: str = "cpu", clock: str = "wall") -> dict:
     """Median step time (s) per ``mode`` and ``variant`` over ``rounds`` interleaved blocks of ``block``
     steps (after ``warmup`` steps, the first one reported as ``first_call``), and the ratios of the brief:
-    ``uniform / float``, ``search_w4 / uniform`` and ``search_w8 / search_w4`` per mode."""
+    ``uniform / float``, ``search_w4 / uniform`` and ``search_w8 / search_w4`` per mode.
+
+    ``clock="cpu"`` times the CPU time of the calling thread instead of the wall time (one torch thread
+    only): the compute a step costs, unaffected by other jobs taking the cores (on a loaded machine the
+    wall time of multi-threaded steps grows by 10-30x, unevenly between the variants)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and (torch.get_num_threads() != 1 or device != "cpu"):
+        raise ValueError("clock='cpu' measures one thread: use torch.set_num_threads(1) on the CPU")
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     dev = torch.device(device)
     x, y = _batch(batch, image_size, dev)
     previous = is_compiled()
-    out: dict = {"model": model_name, "batch": batch, "image_size": image_size,
+    out: dict = {"model": model_name, "batch": batch, "image_size": image_size, "clock": clock,
                  "threads": torch.get_num_threads(), "device": str(dev), "rounds": rounds, "block": block,
                  "times": {}, "first_call": {}, "peak_memory_mb": {}, "ratios": {}}
     try:
@@ -121,9 +130,9 @@ def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, imag
             for _ in range(rounds):
                 for variant in variants:
                     for _ in range(block):
-                        t0 = time.perf_counter()
+                        t0 = timer()
                         steps[variant]()
-                        samples[variant].append(time.perf_counter() - t0)
+                        samples[variant].append(timer() - t0)
             del steps
             times = {v: statistics.median(s) for v, s in samples.items()}
             out["times"][mode], out["first_call"][mode], out["peak_memory_mb"][mode] = times, first, peak
@@ -188,9 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--memory", action="store_true", help="also the tensors saved for backward per variant")
     p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); 1 is steadier on a machine shared with other jobs")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or the CPU time of the one thread (with --threads 1)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res = search_step_times(args.model, args.batch, args.image_size, rounds=args.rounds, block=args.block,
-                            modes=tuple(args.modes))
+                            modes=tuple(args.modes), clock=args.clock)
     if args.memory:
         res["saved_tensor_mb"] = {mode: {v: saved_tensor_mb(v, args.model, args.batch, args.image_size,
                                                             compiled=mode == "compiled") for v in VARIANTS}

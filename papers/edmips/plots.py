@@ -1,12 +1,18 @@
-"""Figures 4 and 6 of the paper, from the files a run leaves behind.
+"""Figures 4, 6 and 7(b) of the paper, from the files a run leaves behind.
 
 - ``arch_evolution_weights.png`` / ``arch_evolution_activations.png`` (Figure 4): for every searchable layer,
   the probability pi of each candidate bit-width (eq. 11) per search epoch, read from
   ``search/arch_history.json``;
+- ``complexity_evolution.png`` (Figure 7(b) style): the complexity of the architecture per search epoch, as
+  average bits ``sqrt(BitOps / MACs)`` (the scale of Figure 5's axis): solid, the winner-take-all
+  architecture of that epoch; dashed, the expected complexity of eq. 13 (pi-weighted bits), also read from
+  ``arch_history.json``. Figure 7(b) draws five ResNet-18 searches of different eta in one plot:
+  :func:`plot_complexity_evolution` takes several runs;
 - ``bit_allocation.png`` (Figure 6): the discretised weight and activation bits of every layer, read from
   ``discretize/policy.json``, with each layer's share of the MACs (the cost the bits multiply).
 
-``mpq edmips plot RUN_DIR`` regenerates both from the run directory alone.
+``mpq edmips plot RUN_DIR [RUN_DIR ...]`` regenerates them from the run directories alone (with several
+runs, their complexity curves also go into one figure, ``--out``).
 """
 
 from __future__ import annotations
@@ -75,6 +81,26 @@ def plot_arch_evolution(history: dict, out_dir: str | os.PathLike, ncols: int = 
     return written
 
 
+def plot_complexity_evolution(histories: list[tuple[str, dict]], out_path: str | os.PathLike) -> Path:
+    """Figure 7(b) style: per run (``(label, history)``), the average bits of the winner-take-all
+    architecture (solid) and the expected average bits of eq. 13 (dashed) versus search epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for i, (label, history) in enumerate(histories):
+        epochs = [e["epoch"] for e in history["epochs"]]
+        color = f"C{i % 10}"
+        ax.plot(epochs, [e["argmax_avg_bits"] for e in history["epochs"]], "-", color=color,
+                label=f"{label} (eta={history.get('eta')})")
+        ax.plot(epochs, [e["expected_avg_bits"] for e in history["epochs"]], "--", color=color)
+    ax.set_xlabel("search epoch")
+    ax.set_ylabel("average bits sqrt(BitOps / MACs)")
+    ax.set_title("EdMIPS complexity evolution (dashed: expected, eq. 13)", fontsize=9)
+    ax.legend(fontsize=7)
+    path = _save(fig, Path(out_path))
+    plt.close(fig)
+    return path
+
+
 def plot_bit_allocation(layers: list[dict], out_path: str | os.PathLike,
                         macs: dict[str, float] | None = None, title: str = "") -> Path:
     """Figure 6: weight / activation bits per layer (bars) and each layer's MACs share (line)."""
@@ -112,6 +138,17 @@ def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     return run_dir
 
 
+def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
+    """:func:`plot_run` for every run, and with several runs their complexity curves in one figure at
+    ``out`` (Figure 7(b) compares searches of different eta)."""
+    written = [p for run_dir in run_dirs for p in plot_run(run_dir)]
+    if len(run_dirs) > 1:
+        runs = [resolve_run_dir(r) for r in run_dirs]
+        histories = [(r.name, load_history(r / "search" / HISTORY_FILE)) for r in runs]
+        written.append(plot_complexity_evolution(histories, out))
+    return written
+
+
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     """Regenerate every figure the files in ``run_dir`` allow; raises if there is nothing to plot."""
     run_dir = resolve_run_dir(run_dir)
@@ -119,7 +156,9 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     written: list[Path] = []
     history_path = run_dir / "search" / HISTORY_FILE
     if history_path.is_file():
-        written += plot_arch_evolution(load_history(history_path), out)
+        history = load_history(history_path)
+        written += plot_arch_evolution(history, out)
+        written.append(plot_complexity_evolution([(run_dir.name, history)], out / "complexity_evolution.png"))
     policy_path = run_dir / "discretize" / "policy.json"
     if policy_path.is_file():
         data = json.loads(policy_path.read_text())

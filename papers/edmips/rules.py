@@ -30,6 +30,18 @@ def winner_take_all(pi: torch.Tensor) -> int:
     return int(torch.argmax(pi).item())
 
 
+def winner_take_all_alpha(alpha: torch.Tensor) -> int:
+    """Eq. 18 on the architecture parameters themselves: ``argmax pi = argmax alpha`` (eq. 11's softmax is
+    monotone), taken on the raw alphas as the official code does. The float32 softmax can round two alphas
+    one ulp apart to equal probabilities (a tie that :func:`winner_take_all` gives to the first candidate);
+    the alphas still order them. Exact ties go to the first candidate."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu()
+    if alpha.dim() != 1 or alpha.numel() == 0 or not torch.isfinite(alpha).all():
+        raise ConfigError(f"architecture parameters must be a non-empty finite 1-D vector, got "
+                          f"{alpha.tolist()}")
+    return int(torch.argmax(alpha).item())
+
+
 def multinomial_counts(pi: torch.Tensor, trials: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. 19: the counts O ~ Multinomial(n=trials, pi) of each candidate over ``trials`` draws."""
@@ -54,10 +66,11 @@ def multinomial_select(pi: torch.Tensor, trials: int, generator: torch.Generator
 
 
 def select(pi: torch.Tensor, rule: str = "argmax", trials: int = 1,
-           generator: torch.Generator | None = None) -> int:
-    """Dispatch to the rule named in the config (``discretize.rule``)."""
+           generator: torch.Generator | None = None, alpha: torch.Tensor | None = None) -> int:
+    """Dispatch to the rule named in the config (``discretize.rule``); ``argmax`` uses ``alpha`` (the
+    logits of ``pi``) when given."""
     if rule == "argmax":
-        return winner_take_all(pi)
+        return winner_take_all(pi) if alpha is None else winner_take_all_alpha(alpha)
     if rule == "multinomial":
         return multinomial_select(pi, trials, generator)
     raise ConfigError(f"unknown discretize.rule {rule!r}; choose one of {', '.join(RULES)}")

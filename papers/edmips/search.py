@@ -43,6 +43,7 @@ from papers.edmips.common import SEARCH_DIR, build_data, num_classes_of, setup, 
 from papers.edmips.complexity import ComplexityLoss, LayerCost, measure_layer_costs
 from papers.edmips.config import EdmipsConfig
 from papers.edmips.models import build_float_model, build_search_model
+from papers.edmips.rules import winner_take_all_alpha
 
 STRATEGIES = ("single_pass", "alternating")
 
@@ -75,8 +76,8 @@ def expected_and_argmax_avg_bits(snapshot: list[dict]) -> tuple[float, float]:
         ew = sum(p * b for p, b in zip(s["pi_w"], s["w_candidates"]))
         ea = sum(p * b for p, b in zip(s["pi_a"], s["a_candidates"]))
         exp += s["macs"] * ew * ea
-        w = s["w_candidates"][max(range(len(s["pi_w"])), key=s["pi_w"].__getitem__)]
-        a = s["a_candidates"][max(range(len(s["pi_a"])), key=s["pi_a"].__getitem__)]
+        w = s["w_candidates"][winner_take_all_alpha(s["alpha_w"])]
+        a = s["a_candidates"][winner_take_all_alpha(s["alpha_a"])]
         arg += s["macs"] * w * a
     return math.sqrt(exp / macs), math.sqrt(arg / macs)
 

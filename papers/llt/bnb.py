@@ -4,7 +4,8 @@
 ``c[l, i]`` and resource use ``a_k[l, i]`` for each budget ``k`` (scaled to a right-hand side of 1); pick one
 choice per layer, minimise ``sum_l c[l, x_l]`` subject to ``sum_l a_k[l, x_l] <= 1`` for every ``k``.
 
-The search is exact (optimal up to ``opt_tol``; budgets respected up to ``feas_tol``). It rests on one
+The search is exact (optimal up to ``opt_tol``; where any two totals differ by at least ``granularity``,
+only improvements of that size are looked for; budgets respected up to ``feas_tol``). It rests on one
 identity. With multipliers ``mu_k >= 0`` (from the LP relaxation), ``u_l = min_i (c + mu . a)[l, i]``, the
 reduced costs ``r = c + mu . a - u_l >= 0`` and ``lower = sum_l u_l - sum_k mu_k``, every choice vector
 ``x`` satisfies
@@ -45,13 +46,18 @@ OPT_TOL = 1e-12  # relative: improvements smaller than this are not searched for
 
 def solve_branch_and_bound(cost: np.ndarray, usage: list[np.ndarray], *, max_nodes: int = 2_000_000,
                            time_limit: float | None = None, feas_tol: float = FEAS_TOL,
-                           opt_tol: float = OPT_TOL) -> tuple[np.ndarray | None, dict]:
+                           opt_tol: float = OPT_TOL, permitted: np.ndarray | None = None,
+                           incumbent: np.ndarray | None = None, granularity: float = 0.0
+                           ) -> tuple[np.ndarray | None, dict]:
     """Minimise ``sum_l cost[l, x_l]`` subject to ``sum_l usage[k][l, x_l] <= 1`` for every ``k``.
 
     ``cost`` and each ``usage[k]`` are ``(layers, choices)`` arrays (resources already divided by their
-    budget). The all-smallest choice must be feasible (the caller checks). Returns the chosen column per
-    layer, or ``None`` when ``max_nodes`` or ``time_limit`` stopped the search (the caller then falls back
-    to a MILP solver), and statistics.
+    budget). ``permitted`` (a boolean mask of that shape) forbids the choices where it is False. A feasible
+    policy must exist: either the all-smallest choice is feasible (the caller checks) or ``incumbent`` is
+    a feasible policy to start from. ``granularity > 0`` says that the totals of two policies differ by at
+    least that much or not at all (integer costs: 1), so only improvements of that size are searched for.
+    Returns the chosen column per layer, or ``None`` when ``max_nodes`` or ``time_limit`` stopped the
+    search (the caller then falls back to a MILP solver), and statistics.
     """
     t_start = time.perf_counter()
     n_layers = cost.shape[0]
@@ -60,7 +66,7 @@ def solve_branch_and_bound(cost: np.ndarray, usage: list[np.ndarray], *, max_nod
     if len(usage) == 1:  # a second budget that every policy meets: no bound, no cut
         usage = [usage[0], np.zeros_like(usage[0])]
     rows = np.arange(n_layers)
-    keep = undominated(cost, usage)
+    keep = undominated(cost, usage, permitted)
     mu = _lp_multipliers(cost, usage, keep)
     lag = cost + sum(m * a for m, a in zip(mu, usage))
     lag = np.where(keep, lag, np.inf)
@@ -68,17 +74,25 @@ def solve_branch_and_bound(cost: np.ndarray, usage: list[np.ndarray], *, max_nod
     reduced = lag - u[:, None]  # inf where dropped by dominance
     lower = float(u.sum() - mu.sum())
 
-    incumbent = round_to_feasible(cost, usage, keep, reduced)
+    start = round_to_feasible(cost, usage, keep, reduced)
+    if incumbent is not None and (any(a[rows, start].sum() > 1.0 + feas_tol for a in usage)
+                                  or cost[rows, incumbent].sum() < cost[rows, start].sum()):
+        start = np.asarray(incumbent)
+    incumbent = start
     best_cost = float(cost[rows, incumbent].sum())
     scale = max(1.0, abs(best_cost))
-    tol = opt_tol * scale
+    tol = opt_tol * scale  # ties
+    gap = max(tol, granularity - 1e-9 * scale)  # the least improvement searched for
     stats: dict = {"variables": int(cost.size), "after_pruning": int(keep.sum()), "lp_bound": lower,
                    "first_incumbent": best_cost, "multipliers": mu.tolist()}
 
     # 1. reduced-cost fixing against the incumbent
-    allowed = [np.nonzero(reduced[l] <= best_cost - lower + tol)[0] for l in range(n_layers)]
+    allowed = [np.nonzero(reduced[l] <= best_cost - lower - gap + 2 * tol)[0] for l in range(n_layers)]
     allowed = [idx[np.argsort(reduced[l, idx], kind="stable")] for l, idx in enumerate(allowed)]
     stats["after_fixing"] = int(sum(len(idx) for idx in allowed))
+    if not all(idx.size for idx in allowed):  # no policy improves on the incumbent by ``gap``
+        stats.update(nodes=0, solve_s=time.perf_counter() - t_start, status="optimal")
+        return incumbent, stats
     order = _visit_order(usage, mu, allowed)
 
     choices = [allowed[l].tolist() for l in order]
@@ -98,7 +112,7 @@ def solve_branch_and_bound(cost: np.ndarray, usage: list[np.ndarray], *, max_nod
     full_red = [reduced[l].tolist() for l in order]
 
     deadline = None if time_limit is None else t_start + float(time_limit)
-    state = {"nodes": 0, "best_cost": best_cost, "limit": best_cost - lower - tol, "stopped": False}
+    state = {"nodes": 0, "best_cost": best_cost, "limit": best_cost - lower - gap, "stopped": False}
     best = [incumbent[l] for l in order]
     current = [0] * n_layers
     cap = 1.0 + feas_tol
@@ -111,9 +125,9 @@ def solve_branch_and_bound(cost: np.ndarray, usage: list[np.ndarray], *, max_nod
         if state["stopped"]:
             return
         if depth == n_layers:
-            if c_sum < state["best_cost"] - tol:
+            if c_sum < state["best_cost"] - gap:
                 state["best_cost"] = c_sum
-                state["limit"] = c_sum - lower - tol
+                state["limit"] = c_sum - lower - gap
                 best[:] = current
             return
         nxt = depth + 1
@@ -253,8 +267,10 @@ def _identical_rows(usage: list[np.ndarray]) -> list[int]:
             for l in range(usage[0].shape[0])]
 
 
-def undominated(cost: np.ndarray, usage: list[np.ndarray]) -> np.ndarray:
-    """``(layers, choices)`` mask of choices that no other choice of the same layer dominates.
+def undominated(cost: np.ndarray, usage: list[np.ndarray], permitted: np.ndarray | None = None
+                ) -> np.ndarray:
+    """``(layers, choices)`` mask of the ``permitted`` choices (default: all) that no other permitted
+    choice of the same layer dominates.
 
     Choice ``m`` dominates ``i`` when it is no worse in cost and in every resource, and strictly better in
     one of them, or equal in all and ``m < i`` (one of identical choices is kept).
@@ -269,7 +285,10 @@ def undominated(cost: np.ndarray, usage: list[np.ndarray]) -> np.ndarray:
     earlier = np.tri(n, k=-1, dtype=bool).T  # earlier[m, i]: m < i
     dominated = le & (lt | earlier[None])
     dominated[:, np.arange(n), np.arange(n)] = False
-    return ~dominated.any(axis=1)
+    if permitted is None:
+        return ~dominated.any(axis=1)
+    dominated &= permitted[:, :, None]  # only a permitted choice can dominate
+    return permitted & ~dominated.any(axis=1)
 
 
 def round_to_feasible(cost: np.ndarray, usage: list[np.ndarray], keep: np.ndarray,

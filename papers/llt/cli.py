@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--compression", type=float, default=None, help="model-size budget: compression ratio")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the weight indicators (default: the paper's per model, else 2)")
-    p.add_argument("--macs", choices=["limpq", "exact"], default="limpq",
-                   help="MAC convention: limpq (official, true division) or exact (floor)")
+    p.add_argument("--macs", choices=["limpq", "limpq_int", "exact"], default="limpq",
+                   help="MAC convention: limpq (true-division output sizes), limpq_int (the official hook "
+                        "exactly: the output area truncated to an integer) or exact (floor)")
     p.add_argument("--bits", type=int, nargs="+", default=None, help="candidate bits (default: the file's)")
     p.add_argument("--weight-only", type=int, default=None, metavar="A_BITS",
                    help="search weights only, every activation fixed at A_BITS (e.g. 8)")
@@ -97,14 +98,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from core.models import build_model
     from papers.llt.indicators import ImportanceIndicators
     from papers.llt.search import search_policy
-    from papers.llt.settings import PAPER_ALPHA, SearchSettings
+    from papers.llt.settings import SearchSettings, paper_alpha
 
     if (args.w_bits is None) != (args.a_bits is None):
         raise ConfigError("a BitOPs budget needs both --w-bits and --a-bits")
     indicators = ImportanceIndicators.load(args.indicators)
     t0 = time.perf_counter()
     model = build_model(args.model, num_classes=args.num_classes)
-    alpha = args.alpha if args.alpha is not None else PAPER_ALPHA.get(args.model, 2.0)
+    alpha = args.alpha if args.alpha is not None else paper_alpha(args.model)
     settings = SearchSettings(alpha=alpha, bits=args.bits, w_bits=args.w_bits, a_bits=args.a_bits,
                               compression=args.compression, weight_only_a_bits=args.weight_only,
                               macs=args.macs, nonmonotone_rule=not args.no_nonmonotone_rule,

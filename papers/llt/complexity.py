@@ -1,12 +1,16 @@
-"""Per-layer MACs and weight counts for the ILP, from ``core.bops`` (``limpq`` or ``exact`` convention).
+"""Per-layer MACs and weight counts for the ILP, from ``core.bops`` (``limpq``, ``limpq_int`` or ``exact``).
 
 The official search counts every conv with a hook that computes the output size by true division
-(``limpq``); the ``exact`` convention floors it (what the forward pass really computes). The
-searchable layers are those named in the indicators; every other conv/linear layer (the first conv
-and fc for the official models) is fixed at 8-bit weights and outside the BitOPs budget.
+(``limpq``) and then truncates the output area ``H_out * W_out`` to an integer (``limpq_int``: the
+official counting exactly; a stride-2 layer of ResNet-50 counts ``int(28.5 * 28.5) = 812`` positions
+where ``limpq`` keeps 812.25); the ``exact`` convention floors each size (what the forward pass really
+computes). The searchable layers are those named in the indicators; every other conv/linear layer (the
+first conv and fc for the official models) is fixed at 8-bit weights and outside the BitOPs budget.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch.nn as nn
@@ -15,7 +19,7 @@ from core.bops import count
 from core.errors import PolicyError
 from papers.llt.ilp import LayerCosts
 
-MAC_CONVENTIONS = ("limpq", "exact")
+MAC_CONVENTIONS = ("limpq", "limpq_int", "exact")
 
 
 def layer_costs(model: nn.Module, names: list[str], input_size: tuple[int, int, int] = (3, 224, 224),
@@ -24,7 +28,7 @@ def layer_costs(model: nn.Module, names: list[str], input_size: tuple[int, int, 
     given; the rest of the conv/linear weights become ``fixed_numel``."""
     if convention not in MAC_CONVENTIONS:
         raise PolicyError(f"MAC convention {convention!r} is not one of {MAC_CONVENTIONS}")
-    report = count(model, input_size, convention=convention)
+    report = count(model, input_size, convention="limpq" if convention == "limpq_int" else convention)
     rows = {r.name: r for r in report.rows}
     unknown = [n for n in names if n not in rows]
     if unknown:
@@ -42,10 +46,18 @@ def layer_costs(model: nn.Module, names: list[str], input_size: tuple[int, int, 
                           "searchable layers (every conv/linear layer but the first and the last); missing: "
                           f"{', '.join(uncovered[:8])}{more}. They would stay unsearched at 8 bits: the "
                           "indicators and --model must match")
+    macs = {r.name: _truncated_macs(r) if convention == "limpq_int" else float(r.macs) for r in report.rows}
     return LayerCosts(
         names=tuple(names),
-        macs=np.array([rows[n].macs for n in names], dtype=np.float64),
+        macs=np.array([macs[n] for n in names], dtype=np.float64),
         numel=np.array([rows[n].weight_numel for n in names], dtype=np.float64),
         fixed_numel=int(sum(r.weight_numel for r in report.rows if r.name not in searchable)),
-        fixed_macs=float(sum(r.macs for r in report.rows if r.name not in searchable)),
+        fixed_macs=float(sum(macs[r.name] for r in report.rows if r.name not in searchable)),
         convention=convention)
+
+
+def _truncated_macs(row) -> float:
+    """The official hook's MACs: weight elements times ``int(H_out * W_out)`` of the true-division sizes
+    (per call; a linear layer's ``MACs / weights`` is its number of calls and stays as it is)."""
+    per_weight = row.macs / row.weight_numel if row.weight_numel else 0.0
+    return float(row.weight_numel * math.floor(per_weight + 1e-9))

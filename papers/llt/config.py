@@ -30,6 +30,7 @@ class IndicatorStage:
         grad_clip_mode="value"))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", epochs=5))
     batch_size: int | None = None  # None: data.batch_size
+    per_device_batch: bool = False  # batch_size per process (official: per GPU) instead of global
     random_policies: int = 1  # K of supplementary Eq. 3 (the paper sets K = 1)
     random_policy: Literal["joint", "independent"] = "joint"  # one bit per layer for W and A, or two
     drop_zero_grads: bool = True  # official: a parameter whose gradient is exactly 0 is not updated
@@ -46,9 +47,13 @@ class FinetuneStage:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
         name="cosine", epochs=90, warmup_epochs=5, warmup_start_factor=0.00025, min_lr=1e-5))
     batch_size: int | None = None  # None: data.batch_size
+    per_device_batch: bool = False  # batch_size per process (official: per GPU) instead of global
     first_layer: Literal["w8", "w8a8", "float"] = "w8"  # first conv: 8-bit weights, input unquantized
     last_layer: Literal["w8a8", "w8", "float"] = "w8a8"  # fc: 8-bit weights and input
     bn_calibration_images: int = 6000  # 0 disables BN statistics re-estimation
+    # official (SAT style): in training the quantized fc weight is multiplied by
+    # 1 / (sqrt(out_features) * std(Q(W))); in evaluation the fc bias is divided by that factor instead
+    fc_rescale: bool = False
     policy: str | None = None
     # float weights: "pretrained" (model.pretrained, the official recipe) or "indicators" (the stage-1
     # network, its BNs taken at each layer's searched weight bits; for the small configs without one)
@@ -64,6 +69,8 @@ class LLTConfig(ExperimentConfig):
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/llt"))
     bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))
+    # LSQ's gradients in both stages: "paper" (LSQ eq. 3, the official code's) or "native" (torch's op)
+    lsq_gradient: Literal["paper", "native"] = "paper"
     indicators: IndicatorStage = field(default_factory=IndicatorStage)
     search: SearchSettings = field(default_factory=SearchSettings)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)

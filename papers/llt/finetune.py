@@ -11,10 +11,12 @@ torch versions) into ``<run.out_dir>/finetune``, with ``final.pt`` (the evaluate
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -38,7 +40,7 @@ from core.engine import (
     setup_process,
     trainer_kwargs,
 )
-from core.errors import CheckpointError, PolicyError
+from core.errors import CheckpointError, ConfigError, PolicyError
 from core.export.spec import ExportSpec, save_weights, write_export_spec
 from core.nn import QuantSpec, freeze_full_precision_quantizers, quantize_model
 from core.policy import BitPolicy
@@ -47,16 +49,19 @@ from papers.llt.config import LLTConfig, stage_identity
 from papers.llt.search import search_from_config
 
 
-def finetune_spec(first_layer: str = "w8", last_layer: str = "w8a8") -> QuantSpec:
-    """LSQ weights and activations; the first / last layer as configured."""
-    return QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq", w_options={"init": "limpq"},
-                     first=first_layer, last=last_layer)
+def finetune_spec(first_layer: str = "w8", last_layer: str = "w8a8", lsq_gradient: str = "paper"
+                  ) -> QuantSpec:
+    """LSQ weights and activations (``lsq_gradient``: the LSQ quantizer's ``gradient``); the first / last
+    layer as configured."""
+    return QuantSpec(kind="fixed", w_quant="lsq", a_quant="lsq",
+                     w_options={"init": "limpq", "gradient": lsq_gradient},
+                     a_options={"gradient": lsq_gradient}, first=first_layer, last=last_layer)
 
 
 def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str = "w8",
-                         last_layer: str = "w8a8") -> list[str]:
+                         last_layer: str = "w8a8", lsq_gradient: str = "paper") -> list[str]:
     """Quantize ``model`` in place with LSQ at the policy's bits; returns the searchable layer names."""
-    names = quantize_model(model, finetune_spec(first_layer, last_layer))
+    names = quantize_model(model, finetune_spec(first_layer, last_layer, lsq_gradient))
     missing = [n for n in names if n not in policy]
     extra = [n for n in policy.layers if n not in names]
     if missing or extra:
@@ -65,6 +70,36 @@ def build_finetune_model(model: nn.Module, policy: BitPolicy, first_layer: str =
     policy.apply(model, strict=False)
     freeze_full_precision_quantizers(model)  # unused 32-bit quantizer parameters would break DDP
     return names
+
+
+def rescale_fc_weight(fc: nn.Linear) -> Any:
+    """The official fine-tuning's SAT-style fc (Jin et al., CVPR 2020): in training the layer computes
+    ``x @ (c * Q(W)).T + b`` with ``c = 1 / (sqrt(out_features) * std(Q(W)))`` (no gradient through
+    ``c``), in evaluation ``x @ Q(W).T + b / c`` (the training logits over ``c``: the same argmax).
+    ``fc`` computes ``x @ Q(W).T + b`` (a :class:`core.nn.QLinear`, or a float ``nn.Linear`` with
+    ``Q = id``); a forward hook rewrites its output. Returns the hook handle."""
+
+    def hook(module: nn.Module, inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            weight = module.quantized_weight() if hasattr(module, "quantized_weight") else module.weight
+            c = 1.0 / (math.sqrt(module.out_features) * weight.std())
+        bias = module.bias if module.bias is not None else 0.0
+        if module.training:
+            return (out - bias) * c + bias
+        return out - bias + bias / c
+
+    return fc.register_forward_hook(hook)
+
+
+@torch.no_grad()
+def fold_fc_rescale(fc: nn.Linear, handle: Any) -> None:
+    """Remove :func:`rescale_fc_weight`'s hook and fold its evaluation form into the bias (``b / c``), so
+    that the plain layer computes what the hooked one computes in evaluation (what ``mpq export`` rebuilds
+    from ``final.pt``)."""
+    handle.remove()
+    if fc.bias is not None:
+        weight = fc.quantized_weight() if hasattr(fc, "quantized_weight") else fc.weight
+        fc.bias.mul_(math.sqrt(fc.out_features) * weight.std())
 
 
 @torch.no_grad()
@@ -83,7 +118,7 @@ def init_from_indicator_run(model: nn.Module, cfg: LLTConfig, policy: BitPolicy)
     check_producer(cfg.indicators_path.parent, stage_identity(cfg, "indicators"),
                    what="LLT indicator network", fix="Re-run `mpq llt indicators` with this config.")
     source = build_model_from_config(cfg.model, cfg.data.name)
-    build_indicator_model(source, cfg.bits)
+    build_indicator_model(source, cfg.bits, cfg.lsq_gradient)
     source.load_state_dict(load_checkpoint(ckpt)["model"])
     apply_bits(source, dict(policy.layers))  # switchable BNs follow their layer's weight bits
     target = dict(model.named_modules())
@@ -111,7 +146,8 @@ def run_finetune(cfg: LLTConfig) -> RunResult:
     policy = BitPolicy.load(stage.policy) if stage.policy else search_from_config(cfg)
     t_search = time.perf_counter() - t0
     model = build_model_from_config(cfg.model, cfg.data.name)
-    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer)  # validates the policy
+    names = build_finetune_model(model, policy, stage.first_layer, stage.last_layer,  # validates the policy
+                                 cfg.lsq_gradient)
     identity = stage_identity(cfg, "finetune", policy)
     with RunDir(cfg.finetune_dir) as run:  # held until results.json and final.pt are written
         run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
@@ -123,9 +159,11 @@ def _finetune(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict, polic
     stage = cfg.finetune
     if stage.init == "indicators":
         log(f"fine-tuning starts from the indicator network {init_from_indicator_run(model, cfg, policy)}")
-    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "finetune.batch_size")
+    fc_hook = rescale_fc_weight(_last_linear(model)) if stage.fc_rescale else None
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "finetune.batch_size",
+                               per_device=stage.per_device_batch)
     train_loader, val_loader = data.train, data.val
-    optimizer = build_optimizer(stage.optim, model.parameters())
+    optimizer = build_optimizer(stage.optim, model)
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
     out_dir = run.path
     run.start(cfg)  # validated: the run's records, then the policy it trains
@@ -159,14 +197,24 @@ def _finetune(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict, polic
         f"{report.bops / 1e9:.3f} G BitOPs ({report.convention}), {report.size_mb():.3f} MB")
     if is_main():
         # `mpq export RUN_DIR`: the evaluated weights (after BN re-estimation) and how to rebuild the model
+        if fc_hook is not None:
+            fold_fc_rescale(_last_linear(trainer.module), fc_hook)
         save_weights(out_dir / "final.pt", trainer.module)
         write_export_spec(out_dir, ExportSpec(
             model=cfg.model.name, input_size=data.input_size, checkpoint="final.pt",
             num_classes=num_classes_for(cfg.model, cfg.data.name), model_kwargs=dict(cfg.model.kwargs),
-            quant=asdict(finetune_spec(stage.first_layer, stage.last_layer)), policy=policy.to_dict(),
+            quant=asdict(finetune_spec(stage.first_layer, stage.last_layer, cfg.lsq_gradient)),
+            policy=policy.to_dict(),
             meta={"paper": "llt", "table_row": cfg.table_row}))
     barrier()
     return result
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("finetune.fc_rescale=true needs a model with a final nn.Linear classifier")
+    return linears[-1]
 
 
 def _wall_times(policy: BitPolicy, search: float, train: float, bn: float, evaluation: float

@@ -9,18 +9,21 @@ searchable layers ``l``, weight bit ``b_w`` and activation bit ``b_a``, one bina
                 fixed_bits + sum x * b_w * numel_l  <=  budget_size_bits  (model size, optional)
 
 ``s_w``/``s_a`` are the indicators (learned LSQ steps), MACs come from ``core.bops`` (``limpq``: true
-division, or ``exact``), ``fixed_bits`` are the non-searchable first conv and fc weights at 8 bits.
-Before solving, the *non-monotone rule* (official ``ERASE_WIRED_POINT``) sets an indicator to
-``penalty`` (1e8) where it is smaller than that of the next higher candidate bit, so the solver avoids
-it unless the budget forces it.
+division, ``limpq_int``: the official truncated counts, or ``exact``), ``fixed_bits`` are the
+non-searchable first conv and fc weights at 8 bits. Before solving, the *non-monotone rule* (official
+``ERASE_WIRED_POINT``) sets an indicator to ``penalty`` (1e8) where it is smaller than that of the next
+higher candidate bit, so the solver avoids it unless the budget forces it. The objective is then minimised
+exactly as penalty units first and the rest second (:func:`solve_lexicographic`): the official 1e8
+objective in exact arithmetic, which float64 cannot resolve next to forced penalties.
 
 Solvers (``solver=``), both exact:
 
 - ``"bnb"`` (default): mpq's branch and bound for this multiple-choice knapsack (``bnb.py``: LP multipliers,
   reduced-cost fixing, convex coverage bounds, dominance and symmetry cuts); ResNet-50 in about 50 ms.
-- ``"highs"``: the generic MILP ``scipy.optimize.milp`` (HiGHS) with ``mip_rel_gap=0`` (the default gap
-  of 1e-4 is far too loose once penalties of 1e8 are in the objective); also the fallback when the branch
-  and bound hits its node or time limit. PuLP/CBC (the official solver) is not a dependency of mpq.
+  Where forced penalties make the penalty units a third budget row, that stage goes to HiGHS.
+- ``"highs"``: the generic MILP ``scipy.optimize.milp`` (HiGHS) with ``mip_rel_gap=0`` and
+  ``mip_abs_gap=1e-9``; also the fallback when the branch and bound hits its node or time limit.
+  PuLP/CBC (the official solver) is not a dependency of mpq.
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ class IlpSolution:
 
     w_bits: list[int]
     a_bits: list[int]
-    objective: float
+    objective: float  # penalty * penalty_units + unpenalised, as the official objective counts it
+    penalty_units: float  # alpha per penalised weight value plus 1 per penalised activation value
+    unpenalised: float  # the objective without the penalised values
     bitops: float
     size_bits: float
     penalised: list[str]  # "layer:w" / "layer:a" entries that took a penalised (non-monotone) value
@@ -154,7 +159,12 @@ def solve_ilp(weight_ind: np.ndarray, act_ind: np.ndarray, costs: LayerCosts, *,
 
     n_w, n_a = len(wb), len(ab)
     # Per-layer choice tables, choice index j * n_a + k (j: weight candidate, k: activation candidate).
-    cost = (alpha * sw[:, :, None] + sa[:, None, :]).reshape(n_layers, -1)
+    # The objective splits into penalty units (alpha per penalised weight value, 1 per penalised
+    # activation value) times ``penalty`` and the un-penalised rest (``lexicographic_units``).
+    pen_w, pen_a = (sw >= penalty).astype(np.float64), (sa >= penalty).astype(np.float64)
+    units = (alpha * pen_w[:, :, None] + pen_a[:, None, :]).reshape(n_layers, -1)
+    real = (alpha * np.where(pen_w > 0, 0.0, sw)[:, :, None]
+            + np.where(pen_a > 0, 0.0, sa)[:, None, :]).reshape(n_layers, -1)
     resources = []  # (layers, choices) coefficient table and right-hand side, one per active constraint
     if bitops_budget is not None:
         resources.append(((costs.macs[:, None, None] * wb[None, :, None] * ab[None, None, :])
@@ -163,15 +173,23 @@ def solve_ilp(weight_ind: np.ndarray, act_ind: np.ndarray, costs: LayerCosts, *,
         per_w = np.broadcast_to(costs.numel[:, None, None] * wb[None, :, None], (n_layers, n_w, n_a))
         resources.append((per_w.reshape(n_layers, -1), size_budget - costs.fixed_numel * fixed_w_bits))
     t1 = time.perf_counter()
-    chosen, stats = solve_multiple_choice(cost, resources, solver=solver, time_limit=time_limit)
+    granularity = lexicographic_units(units, real, penalty, alpha)
+    if granularity:
+        chosen, stats = solve_lexicographic(units, real, resources, granularity=granularity, solver=solver,
+                                            time_limit=time_limit)
+    else:
+        chosen, stats = solve_multiple_choice(penalty * units + real, resources, solver=solver,
+                                              time_limit=time_limit)
     t2 = time.perf_counter()
     j, k = np.divmod(chosen, n_a)
     w_bits, a_bits = wb[j].astype(int), ab[k].astype(int)
-    penalised = ([f"{costs.names[i]}:w" for i in np.nonzero(sw[np.arange(n_layers), j] >= penalty)[0]]
-                 + [f"{costs.names[i]}:a" for i in np.nonzero(sa[np.arange(n_layers), k] >= penalty)[0]])
+    rows = np.arange(n_layers)
+    penalised = ([f"{costs.names[i]}:w" for i in np.nonzero(pen_w[rows, j])[0]]
+                 + [f"{costs.names[i]}:a" for i in np.nonzero(pen_a[rows, k])[0]])
     sol = IlpSolution(
         w_bits=w_bits.tolist(), a_bits=a_bits.tolist(),
-        objective=float(np.sum(alpha * sw[np.arange(n_layers), j] + sa[np.arange(n_layers), k])),
+        objective=float(penalty * units[rows, chosen].sum() + real[rows, chosen].sum()),
+        penalty_units=float(units[rows, chosen].sum()), unpenalised=float(real[rows, chosen].sum()),
         bitops=costs.bitops(w_bits, a_bits), size_bits=costs.size_bits(w_bits, fixed_w_bits),
         penalised=penalised, solve_time_s=t2 - t1, build_time_s=t1 - t0,
         status=stats.pop("status"), stats=stats)
@@ -179,27 +197,88 @@ def solve_ilp(weight_ind: np.ndarray, act_ind: np.ndarray, costs: LayerCosts, *,
     return sol
 
 
+def lexicographic_units(units: np.ndarray, real: np.ndarray, penalty: float, alpha: float) -> float:
+    """The least difference between two reachable totals of penalty ``units`` when minimising
+    ``penalty * units + real`` is the same as minimising ``units`` first and ``real`` second, else 0.
+
+    Totals are ``alpha * i + j`` (``i``/``j`` penalised weight/activation values), so two different totals
+    differ by at least ``g = min |alpha * di + dj| > 0`` over ``|di|, |dj| <= layers``. The orders agree
+    when ``penalty * g`` exceeds the widest possible spread of the un-penalised sum; with the official
+    1e8 they always do (``real`` sums are below 1e3). 0 also when no choice is penalised.
+    """
+    if not units.any():
+        return 0.0
+    n = units.shape[0]
+    d = np.arange(-n, n + 1, dtype=np.float64)
+    diffs = np.abs(alpha * d[:, None] + d[None, :]).ravel()
+    diffs = diffs[diffs > 1e-9 * max(1.0, abs(alpha)) * n]  # equal totals (integer alpha) are no gap
+    granularity = float(diffs.min())
+    spread = float(np.sum(real.max(axis=1) - real.min(axis=1)))
+    return granularity if penalty * granularity > spread else 0.0
+
+
+def solve_lexicographic(units: np.ndarray, real: np.ndarray, resources: list[tuple[np.ndarray, float]], *,
+                        granularity: float, solver: str = "bnb", time_limit: float | None = None,
+                        max_nodes: int = 2_000_000) -> tuple[np.ndarray, dict]:
+    """Minimise the penalty ``units`` first and ``real`` second, i.e. the official objective
+    ``1e8 * units + real`` in exact arithmetic, in two exact solves.
+
+    1. ``U* = min sum units`` under the budgets (totals differ by at least ``granularity``: the branch and
+       bound stops as soon as no improvement of that size is left).
+    2. ``min sum real`` under the budgets and ``sum units <= U*``. With ``U* = 0`` (no penalised choice
+       forced, the usual case) the penalised choices are forbidden; otherwise the units become one more
+       budget row. The branch and bound takes that row when it is the second one; with two budgets
+       already (three rows) HiGHS solves this stage: its cuts close the LP gaps of 1-15 % that such
+       instances have, where the branch and bound's single-row bounds ran into their node limit.
+
+    One objective with the penalties in it (as officially) is both slower and inexact in float64: the
+    LP bound is then off by penalty-sized fractions, and a total near ``1.8e9`` holds the un-penalised
+    part only to about ``1e-6``.
+    """
+    first, stats1 = solve_multiple_choice(units, resources, solver=solver, time_limit=time_limit,
+                                          max_nodes=max_nodes, granularity=granularity)
+    least = float(units[np.arange(units.shape[0]), first].sum())
+    options = dict(time_limit=time_limit, max_nodes=max_nodes, incumbent=first)
+    if least < 0.5 * granularity:
+        chosen, stats = solve_multiple_choice(real, resources, solver=solver, permitted=units == 0, **options)
+    else:
+        rows = resources + [(units, least)]
+        stage_solver = "highs" if len(rows) > 2 else solver
+        chosen, stats = solve_multiple_choice(real, rows, solver=stage_solver, **options)
+        if stage_solver != solver:
+            stats["solver"] = "highs (penalised choices forced under two budgets)"
+    stats["penalty_units"] = least
+    stats["penalty_stage"] = {k: stats1[k] for k in ("solver", "nodes", "solve_s") if k in stats1}
+    return chosen, stats
+
+
 def solve_multiple_choice(cost: np.ndarray, resources: list[tuple[np.ndarray, float]], *,
                           solver: str = "bnb", time_limit: float | None = None,
-                          max_nodes: int = 2_000_000) -> tuple[np.ndarray, dict]:
+                          max_nodes: int = 2_000_000, permitted: np.ndarray | None = None,
+                          incumbent: np.ndarray | None = None,
+                          granularity: float = 0.0) -> tuple[np.ndarray, dict]:
     """Exact 0/1 multiple-choice program: one choice per layer, minimum total ``cost``, each
     ``sum table[l, choice_l] <= rhs``. Returns the chosen column per layer and solver statistics
-    (``stats["solver"]`` names the solver that produced the answer).
+    (``stats["solver"]`` names the solver that produced the answer). ``permitted`` (mask) forbids
+    choices, ``incumbent`` is a feasible policy to start from, ``granularity`` the least difference of
+    two totals (:func:`papers.llt.bnb.solve_branch_and_bound`).
 
     ``"bnb"`` runs :func:`papers.llt.bnb.solve_branch_and_bound`; should it stop at ``max_nodes`` or
-    ``time_limit`` (never on the instances measured here), HiGHS solves the problem instead and the
+    ``time_limit`` (not on the instances of the tests), HiGHS solves the problem instead and the
     statistics say so.
     """
     if solver == "bnb":
         chosen, stats = solve_branch_and_bound(cost, [table / rhs for table, rhs in resources],
-                                               max_nodes=max_nodes, time_limit=time_limit)
+                                               max_nodes=max_nodes, time_limit=time_limit,
+                                               permitted=permitted, incumbent=incumbent,
+                                               granularity=granularity)
         if chosen is not None:
             stats["solver"] = "bnb"
             return chosen, stats
         stopped = stats
     else:
         stopped = None
-    chosen, stats = _solve_highs(cost, resources, time_limit=time_limit)
+    chosen, stats = _solve_highs(cost, resources, time_limit=time_limit, permitted=permitted)
     stats["solver"] = "highs"
     if stopped is not None:
         stats["solver"] = f"highs (the branch and bound stopped after {stopped['nodes']} nodes)"
@@ -207,8 +286,9 @@ def solve_multiple_choice(cost: np.ndarray, resources: list[tuple[np.ndarray, fl
 
 
 def _solve_highs(cost: np.ndarray, resources: list[tuple[np.ndarray, float]], *,
-                 time_limit: float | None) -> tuple[np.ndarray, dict]:
-    """``scipy.optimize.milp`` (HiGHS) with a relative gap of 0 and tight feasibility tolerances."""
+                 time_limit: float | None, permitted: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """``scipy.optimize.milp`` (HiGHS) with a relative gap of 0 and tight feasibility tolerances;
+    choices outside ``permitted`` get an upper bound of 0."""
     n_layers, n_choices = cost.shape
     n_var = cost.size
     layer_of, choice_of = np.divmod(np.arange(n_var), n_choices)  # variables, layer-major
@@ -219,15 +299,17 @@ def _solve_highs(cost: np.ndarray, resources: list[tuple[np.ndarray, float]], *,
         rows.append(sparse.csr_matrix(table[layer_of, choice_of][None, :] / rhs))
         lb.append([-np.inf]), ub.append([1.0])
     # HiGHS' default feasibility tolerances (1e-7 / 1e-6 on the budget rows, scaled to 1) could let a
-    # solution exceed a budget by a few BitOPs in a million; 1e-9 matches the check in ``_verify``.
-    options: dict = {"mip_rel_gap": 0.0, "disp": False, "primal_feasibility_tolerance": 1e-9,
-                     "mip_feasibility_tolerance": 1e-9}
+    # solution exceed a budget by a few BitOPs in a million; 1e-9 matches the check in ``_verify``. Its
+    # default absolute gap (1e-6) would stop above the optimum by up to that much.
+    options: dict = {"mip_rel_gap": 0.0, "mip_abs_gap": 1e-9, "disp": False,
+                     "primal_feasibility_tolerance": 1e-9, "mip_feasibility_tolerance": 1e-9}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
     constraint = LinearConstraint(sparse.vstack(rows, format="csr"), np.concatenate(lb), np.concatenate(ub))
     with warnings.catch_warnings():  # scipy passes the two tolerance options to HiGHS with a warning
         warnings.filterwarnings("ignore", message="Unrecognized options", category=RuntimeWarning)
-        res = milp(cost[layer_of, choice_of], integrality=np.ones(n_var), bounds=Bounds(0, 1),
+        upper = np.ones(n_var) if permitted is None else permitted[layer_of, choice_of].astype(np.float64)
+        res = milp(cost[layer_of, choice_of], integrality=np.ones(n_var), bounds=Bounds(0, upper),
                    constraints=constraint, options=options)
     if res.x is None:
         raise BudgetError(f"the ILP solver found no solution ({res.message}); the budget may be too tight "

@@ -39,12 +39,14 @@ from papers.llt.config import LLTConfig, stage_identity
 from papers.llt.indicators import extract_indicators
 
 
-def build_indicator_model(model: nn.Module, bits: list[int]) -> list[str]:
+def build_indicator_model(model: nn.Module, bits: list[int], lsq_gradient: str = "paper") -> list[str]:
     """Make ``model`` switchable in place (LSQ with per-bit steps, switchable BN); returns the searchable
     layer names. First conv and fc stay float, as in the official indicator training."""
     spec = QuantSpec(kind="switchable", w_quant="lsq", a_quant="lsq", w_bits=bits[0], a_bits=bits[0],
-                     w_candidates=list(bits), a_candidates=list(bits), w_options={"init": "limpq"},
-                     options={"switchable_bn": True}, first="float", last="float")
+                     w_candidates=list(bits), a_candidates=list(bits),
+                     w_options={"init": "limpq", "gradient": lsq_gradient},
+                     a_options={"gradient": lsq_gradient}, options={"switchable_bn": True},
+                     first="float", last="float")
     return quantize_model(model, spec)
 
 
@@ -137,10 +139,11 @@ def run_indicators(cfg: LLTConfig) -> Path:
 def _train_indicators(cfg: LLTConfig, info: DistInfo, run: RunDir, identity: dict) -> Path:
     stage = cfg.indicators
     model = build_model_from_config(cfg.model, cfg.data.name)
-    names = build_indicator_model(model, cfg.bits)
-    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "indicators.batch_size")
+    names = build_indicator_model(model, cfg.bits, cfg.lsq_gradient)
+    data = classification_data(cfg.data, cfg.run.seed, stage.batch_size, info, "indicators.batch_size",
+                               per_device=stage.per_device_batch)
     train_loader, val_loader = data.train, data.val
-    optimizer = build_optimizer(stage.optim, model.parameters())
+    optimizer = build_optimizer(stage.optim, model)
     scheduler = build_scheduler(stage.schedule, optimizer, len(train_loader))
     kw = trainer_kwargs(cfg.run, stage.optim)
     kw["run_dir"] = run

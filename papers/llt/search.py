@@ -71,6 +71,8 @@ def search_policy(indicators: ImportanceIndicators, model: nn.Module, settings: 
         "compression_budget": settings.compression,
         "size_budget_mb": None if size_budget is None else size_budget / MB_BITS,
         "objective": sol.objective,
+        "penalty_units": sol.penalty_units,
+        "objective_unpenalised": sol.unpenalised,
         "penalised_choices": sol.penalised,
         "nonmonotone_rule": settings.nonmonotone_rule,
         "solver": sol.stats.get("solver"),

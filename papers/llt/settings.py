@@ -9,6 +9,13 @@ from dataclasses import dataclass
 PAPER_ALPHA = {"resnet18": 3.0, "resnet50": 2.0, "mobilenet_v1": 1.0}
 
 
+def paper_alpha(model: str, default: float = 2.0) -> float:
+    """:data:`PAPER_ALPHA` of ``model``, also under the timm names of the official starting models
+    (``gluon_resnet18_v1b`` / ``gluon_resnet50_v1b``, now ``resnet*.gluon_in1k``); ``default`` otherwise."""
+    net = model.removeprefix("gluon_").removesuffix("_v1b").removesuffix(".gluon_in1k")
+    return PAPER_ALPHA.get(net, default)
+
+
 @dataclass
 class SearchSettings:
     """The constraints and knobs of one search (the ``search`` block of a config, or the CLI flags).

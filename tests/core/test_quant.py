@@ -83,6 +83,93 @@ def test_gaussian_midrise_levels_step_and_identity_gradient():
         assert torch.equal(w.grad, torch.arange(2000.0))  # identity, no clip mask
 
 
+def _official_gaussian(w: torch.Tensor, coef: float, bits: int) -> torch.Tensor:
+    """The official EdMIPS weight quantizer's arithmetic: ``std().item()`` times the constant in Python
+    floats (float64), used by float32 tensor ops (which cast the step and the clip bound once)."""
+    step = coef * w.std().item()
+    bound = (2**bits / 2 - 0.5) * step
+    return ((torch.round(w / step + 0.5) - 0.5) * step).clamp(min=-bound, max=bound)
+
+
+def _one_ulp_case(seed: int, bits: int) -> torch.Tensor | None:
+    """A float32 weight whose step ``coef * std`` is one ulp apart in float32 and float64 arithmetic, with
+    a weight at ``k`` float64-steps that the float32 step puts in a different level. A zero-mean bulk plus
+    two pairs ``+-v1`` (the probe) and ``+-v2`` with ``v1^2 + v2^2 = 2 var``, which keeps the std."""
+    coef = GAUSSIAN_COEFS[bits]
+    half = torch.randn(2048, generator=torch.Generator().manual_seed(seed)) * 0.05
+    bulk = torch.cat([half, -half])
+    std = bulk.std()
+    step32, step64 = coef * std, torch.tensor(coef * std.item())
+    if step32 == step64:
+        return None
+    up, var = torch.tensor(float("inf")), std.double() ** 2
+    for k in range(1, 2 ** (bits - 1)):
+        v1 = (k * torch.minimum(step32, step64)).float()
+        for _ in range(6):
+            if v1.double() ** 2 >= 2 * var:
+                return None
+            v2 = torch.sqrt(2 * var - v1.double() ** 2).float()
+            for _ in range(8):
+                w = torch.cat([bulk, torch.stack([v1, -v1, v2, -v2])])
+                if w.std() == std and not torch.equal(torch.round(w / step32 + 0.5),
+                                                      torch.round(w / step64 + 0.5)):
+                    return w
+                v2 = torch.nextafter(v2, up)
+            v1 = torch.nextafter(v1, up)
+    return None
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_gaussian_step_is_built_in_float64_and_the_weights_follow_it(bits):
+    """Where ``coef * std`` in float32 is one ulp off the float64 product, a weight lands in another level;
+    every path (single quantizer, fused mixture, autograd reference, compiled) follows the float64 step,
+    bit for bit, as the official code does."""
+    from core.quant import gaussian_mixture, set_compiled
+
+    w = next(w for w in (_one_ulp_case(seed, bits) for seed in range(40)) if w is not None)
+    coef = GAUSSIAN_COEFS[bits]
+    step32, step64 = coef * w.std(), torch.tensor(coef * w.std().item())
+    assert step32 != step64 and torch.nextafter(step32, step64) == step64  # one ulp apart
+    levels32, levels64 = torch.round(w / step32 + 0.5), torch.round(w / step64 + 0.5)
+    assert 1 <= (levels32 != levels64).sum() <= 2  # the probe (and perhaps its mirror) changes level
+    want = _official_gaussian(w, coef, bits)
+    gates = torch.tensor([0.0, 1.0, 0.0])
+    outputs = {"quantizer": create_quantizer("gaussian", bits, clip_bound="float64")(w),
+               "mixture": gaussian_mixture(w, gates, (GAUSSIAN_COEFS[1], coef, GAUSSIAN_COEFS[4]),
+                                           (1, bits, 4), "float64"),
+               "reference": functional.gaussian_midrise(w, coef, bits, "float64")}
+    set_compiled(True, backend="aot_eager")
+    try:
+        outputs["compiled"] = create_quantizer("gaussian", bits, clip_bound="float64")(w)
+    finally:
+        set_compiled(False)
+    for name, out in outputs.items():
+        assert torch.equal(out, want), name
+    # the default clip bound is the grid's top level: the same levels, and every value on the grid
+    grid_bound = create_quantizer("gaussian", bits)(w)
+    assert torch.equal(torch.round(grid_bound / step64 * 2), torch.round(want / step64 * 2))
+    assert torch.equal(grid_bound.abs().max(), (2**bits / 2 - 0.5) * step64.float())
+
+
+def test_gaussian_clip_bound_options_differ_by_at_most_one_ulp_at_the_clipped_weights():
+    """``clip_bound="float64"`` (official) vs ``"grid"``: only the clipped weights move, by one ulp, in
+    about a quarter of tensors; an unknown option is one clear error."""
+    moved = 0
+    for seed in range(24):
+        w = torch.randn(4096, generator=torch.Generator().manual_seed(seed)) * 0.05
+        grid, official = (create_quantizer("gaussian", 2, clip_bound=c)(w) for c in ("grid", "float64"))
+        diff = grid != official
+        if diff.any():
+            moved += 1
+            assert torch.equal(grid.abs()[diff], torch.full_like(grid[diff], float(grid.abs().max())))
+            ulp = torch.finfo(torch.float32).eps * grid.abs().max()
+            assert float((grid - official).abs().max()) <= float(ulp)
+        assert torch.equal(official, _official_gaussian(w, GAUSSIAN_COEFS[2], 2))
+    assert 0 < moved < 24
+    with pytest.raises(ConfigError, match="clip_bound"):
+        create_quantizer("gaussian", 2, clip_bound="double")
+
+
 def _optimal_uniform_midrise_step(bits: int) -> float:
     """Minimum-MSE step of a 2^b-level mid-rise uniform quantizer on N(0, 1) (closed-form cell moments)."""
     from scipy import optimize
@@ -121,7 +208,7 @@ def test_lsq_levels(signed, bits):
 
 
 @pytest.mark.parametrize("signed", [False, True])
-def test_lsq_gradients_match_torch_native_op(signed):
+def test_lsq_native_option_matches_torch_native_op(signed):
     x = torch.randn(3, 8, 5, 5) * 2
     bits = 3
     q = create_quantizer("lsq", bits, signed=signed)
@@ -130,7 +217,7 @@ def test_lsq_gradients_match_torch_native_op(signed):
     g = 1.0 / math.sqrt(qp * x.numel())
     x1, s1 = x.clone().requires_grad_(), step.clone().requires_grad_()
     x2, s2 = x.clone().requires_grad_(), step.clone().requires_grad_()
-    y1 = lsq_fake_quant(x1, s1, qn, qp, g)
+    y1 = functional.lsq_fake_quant_native(x1, s1, qn, qp, g)
     y2 = torch._fake_quantize_learnable_per_tensor_affine(x2, s2.reshape(1), torch.zeros(1), qn, qp, g)
     grad = torch.randn_like(x)
     (y1 * grad).sum().backward()
@@ -140,9 +227,9 @@ def test_lsq_gradients_match_torch_native_op(signed):
     assert torch.allclose(s1.grad, s2.grad.reshape(()), atol=1e-5)
 
 
-def test_lsq_per_channel_gradients_match_native_op():
+def test_lsq_per_channel_native_option_matches_native_op():
     w = torch.randn(6, 4, 3, 3)
-    q = create_quantizer("lsq", 4, role="weight", per_channel=True, channels=6)
+    q = create_quantizer("lsq", 4, role="weight", per_channel=True, channels=6, gradient="native")
     w1 = w.clone().requires_grad_()
     y1 = q(w1)
     qn, qp = q.qrange(4)
@@ -156,6 +243,68 @@ def test_lsq_per_channel_gradients_match_native_op():
     assert torch.allclose(y1, y2, atol=1e-6)
     assert torch.allclose(w1.grad, w2.grad, atol=1e-5)
     assert torch.allclose(q.step.grad[0], step.grad, atol=1e-5)
+
+
+def _paper_lsq_gradients(x: torch.Tensor, step: float, qn: int, qp: int, g: float, upstream: torch.Tensor):
+    """LSQ eq. 3 (``-Q_N = qn``) and the straight-through input gradient, element by element in float64."""
+    gx, gs = [], 0.0
+    for v, u in zip(x.double().flatten().tolist(), upstream.double().flatten().tolist()):
+        r = v / step
+        if r <= qn:
+            gx.append(0.0)
+            gs += u * qn
+        elif r >= qp:
+            gx.append(0.0)
+            gs += u * qp
+        else:
+            gx.append(u)
+            gs += u * (round(r) - r)  # Python's round is half-even like torch.round
+    return torch.tensor(gx).reshape(x.shape), gs * g
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_lsq_gradients_follow_the_paper_in_the_half_step_bands(signed):
+    """Just outside the range, ``qp <= x/s < qp + 1/2`` and ``qn - 1/2 < x/s <= qn``, the paper (and the
+    official LIMPQ code) passes 0 to the input and ``qp`` / ``qn`` to the step; torch's native op passes 1
+    and ``round(x/s) - x/s``."""
+    bits, step = 2, 0.25
+    q = create_quantizer("lsq", bits, signed=signed)
+    qn, qp = q.qrange(bits)
+    gen = torch.Generator().manual_seed(1)
+    band_hi = (qp + 0.5 * torch.rand(64, generator=gen)) * step  # qp <= x/s < qp + 1/2
+    band_lo = (qn - 0.5 * torch.rand(64, generator=gen)) * step  # qn - 1/2 < x/s <= qn
+    inner = (qn + (qp - qn) * torch.rand(64, generator=gen)) * step
+    outer = torch.tensor([qn - 3.0, qp + 3.0]) * step
+    x = torch.cat([band_hi, band_lo, inner, outer])
+    upstream = torch.randn(x.shape, generator=gen)
+    g = 1.0 / math.sqrt(qp * x.numel())
+    want_x, want_s = _paper_lsq_gradients(x, step, qn, qp, g, upstream)
+    with torch.no_grad():
+        q(torch.ones(4))  # initialise, then set the step
+        q.step.fill_(step)
+    for use_quantizer in (False, True):  # the function, and the quantizer's default gradient="paper"
+        xg, sg = x.clone().requires_grad_(), torch.tensor(step, requires_grad=True)
+        if use_quantizer:
+            q.step.grad = None
+            (q(xg) * upstream).sum().backward()
+            got_s = q.step.grad.reshape(())
+        else:
+            (lsq_fake_quant(xg, sg, qn, qp, g) * upstream).sum().backward()
+            got_s = sg.grad
+        torch.testing.assert_close(xg.grad, want_x.float(), atol=0, rtol=0)
+        assert got_s.item() == pytest.approx(want_s, rel=1e-5)
+    # the native option has the same values and differs exactly in the bands (the first 128 elements)
+    xn, sn = x.clone().requires_grad_(), torch.tensor(step, requires_grad=True)
+    (functional.lsq_fake_quant_native(xn, sn, qn, qp, g) * upstream).sum().backward()
+    differs = set((xn.grad != xg.grad).nonzero().flatten().tolist())
+    assert differs <= set(range(128)) and len(differs) > 120
+    assert torch.equal(functional.lsq_fake_quant_native(x, torch.tensor(step), qn, qp, g),
+                       lsq_fake_quant(x, torch.tensor(step), qn, qp, g))
+
+
+def test_lsq_unknown_gradient_is_a_config_error():
+    with pytest.raises(ConfigError, match="lsq gradient must be one of"):
+        create_quantizer("lsq", 4, gradient="ste")
 
 
 def test_lsq_init_rules():

@@ -30,9 +30,10 @@ def _fwd_bwd(q, x):
     "aot_eager",  # dynamo + AOTAutograd graphs (the surrogate gradients), no code generation: seconds
     pytest.param("inductor", marks=pytest.mark.slow),  # the generated kernel: first compile ~15-100 s
 ])
-def test_compiled_lsq_equals_eager(compiled, backend):
-    q = create_quantizer("lsq", 3, role="weight")
-    x = torch.randn(8, 4, 3, 3)
+@pytest.mark.parametrize("gradient", ["paper", "native"])
+def test_compiled_lsq_equals_eager(compiled, backend, gradient):
+    q = create_quantizer("lsq", 2, role="weight", gradient=gradient)
+    x = torch.randn(8, 4, 3, 3)  # at 2 bits about 5 % of the weights lie in the half-step bands
     set_compiled(False)
     ref = _fwd_bwd(q, x)
     set_compiled(True, backend=backend)

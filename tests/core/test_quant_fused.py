@@ -88,7 +88,7 @@ def test_saved_memory_does_not_grow_with_the_candidates():
         return lambda: gaussian_mixture(w, gates, tuple(GAUSSIAN_COEFS[b] for b in bits), bits)
 
     four, eight = _saved_bytes(composite(4)), _saved_bytes(composite(8))
-    assert eight - four == 4 * 4  # only the gates vector grows (4 more float32 entries)
+    assert eight - four == 4 * 4 + 4 * 2 * 4  # only the gates and each candidate's step and bound grow
     assert four < 2 * w.numel() * 4  # the weight and scalars, not one tensor per candidate
     x = torch.randn(8, 64, 8, 8, requires_grad=True)
     mix = _saved_bytes(lambda: hwgq_mixture(x, torch.full((3,), 1 / 3, requires_grad=True),

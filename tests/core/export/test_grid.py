@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -76,13 +78,36 @@ def test_gaussian_grid_is_odd_integers_at_half_the_forwards_step():
     for bits in range(1, 9):
         q = create_quantizer("gaussian", bits)
         grid = q.grid(w)
-        step = functional.gaussian_step(q.coefs[bits], functional.weight_std(w))  # the forward's own step
+        step, bound = functional.gaussian_step(q.coefs[bits], functional.weight_std(w), bits)  # the forward's
         assert torch.equal(grid.scale * 2, step)
+        assert grid.exact and torch.equal(bound, grid.dequantize(torch.tensor(float(grid.qmax))))
         assert (grid.qmin, grid.qmax, grid.odd_only) == (-(2**bits - 1), 2**bits - 1, True)
         codes = grid.codes(q(w))
         assert bool((codes.remainder(2) == 1).all())
         with pytest.raises(ExportError, match="odd-only"):
             grid.quantize(w)
+
+
+def test_gaussian_grid_is_inexact_exactly_when_the_float64_clip_bound_is_off_the_top_level():
+    """``clip_bound="float64"`` clips at ``(2^b / 2 - 0.5) * step`` built in float64 (official EdMIPS): where
+    that casts one ulp away from the top level, the clipped weights are one ulp off the grid
+    and it says so."""
+    seen = set()
+    for seed in range(40):
+        w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(seed)) * 0.05
+        q = create_quantizer("gaussian", 2, clip_bound="float64")
+        y, grid = q(w), q.grid(w)
+        seen.add(grid.exact)
+        if grid.exact:
+            assert torch.equal(grid.dequantize(grid.codes(y).float()), y)
+        else:
+            assert "ulp" in grid.note
+            with pytest.raises(ExportError, match="stated exact"):
+                dataclasses.replace(grid, exact=True).codes(y)
+            codes = grid.codes(y)
+            diff = (grid.dequantize(codes.float()) - y).abs()
+            assert 0 < float(diff.max()) <= float(torch.finfo(torch.float32).eps * y.abs().max())
+    assert seen == {True, False}
 
 
 def test_sign_grid_per_channel_scale():

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,10 +39,10 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     policy = BitPolicy.load(out / "discretize" / "policy.json")
     state = json.loads((out / "search" / "arch_state.json").read_text())
     assert policy.names == [layer["name"] for layer in state["layers"]]
-    for layer in state["layers"]:  # winner-take-all of eq. 18, weights and activations independently
+    for layer in state["layers"]:  # winner-take-all of eq. 18 on the alphas, weights and activations apart
         w, a = policy[layer["name"]]
-        assert w == layer["w_candidates"][max(range(4), key=layer["pi_w"].__getitem__)]
-        assert a == layer["a_candidates"][max(range(3), key=layer["pi_a"].__getitem__)]
+        assert w == layer["w_candidates"][max(range(4), key=layer["alpha_w"].__getitem__)]
+        assert a == layer["a_candidates"][max(range(3), key=layer["alpha_a"].__getitem__)]
     assert policy.meta["method"] == "edmips" and policy.meta["convention"] == "edmips"
     assert 1.0 <= policy.meta["avg_bits"] <= 4.0
 
@@ -54,7 +55,8 @@ def test_search_discretize_train_writes_policy_and_results(tmp_path):
     assert 0.0 <= results.metrics["top1"] <= 100.0 and results.extra["policy_source"] == "searched"
 
     assert _mpq("edmips", "plot", str(out)) == 0
-    for png in ("arch_evolution_weights.png", "arch_evolution_activations.png", "bit_allocation.png"):
+    for png in ("arch_evolution_weights.png", "arch_evolution_activations.png", "bit_allocation.png",
+                "complexity_evolution.png"):
         assert (out / "plots" / png).stat().st_size > 1000
 
 
@@ -83,6 +85,27 @@ def test_uniform_baseline_and_multinomial_discretize(tmp_path):
     samples = json.loads((out / "discretize" / "discretize_samples.json").read_text())
     policy = BitPolicy.load(out / "discretize" / "policy.json")
     assert len(samples) == 3 and policy.meta["rule"] == "multinomial" and policy.meta["trials"] == 50
+
+
+def test_plot_compares_the_complexity_evolution_of_several_searches(tmp_path):
+    """Figure 7(b) style: the complexity (average bits) of two searches of different eta in one figure,
+    from their arch_history.json files alone."""
+    runs = []
+    for eta, drift in ((0.001, 0.1), (0.002, 0.2)):
+        run = tmp_path / f"eta{eta}"
+        (run / "search").mkdir(parents=True)
+        epochs = [{"epoch": e, "pi_w": [[0.5, 0.5]], "pi_a": [[0.5, 0.5]], "complexity": 1.0,
+                   "expected_avg_bits": 3.0 - drift * e, "argmax_avg_bits": 3.2 - drift * e}
+                  for e in range(4)]
+        history = {"layers": ["layer1.0.conv1"], "w_candidates": [2, 4], "a_candidates": [2, 4], "eta": eta,
+                   "complexity": "bops", "epochs": epochs}
+        (run / "search" / "arch_history.json").write_text(json.dumps(history))
+        runs.append(str(run))
+    out = tmp_path / "fig7b.png"
+    assert _mpq("edmips", "plot", *runs, "--out", str(out)) == 0
+    assert out.stat().st_size > 1000
+    for run in runs:
+        assert (Path(run) / "plots" / "complexity_evolution.png").stat().st_size > 1000
 
 
 def test_cli_errors_are_config_errors(tmp_path):

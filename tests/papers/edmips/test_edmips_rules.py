@@ -1,11 +1,21 @@
 """Discretisation rules of EdMIPS section 4.7 (eq. 18, 19) on plain probability vectors."""
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from core.errors import ConfigError
 from papers.edmips.discretize import choose_bits, discretize_state, edmips_avg_bits
-from papers.edmips.rules import multinomial_counts, multinomial_select, select, winner_take_all
+from papers.edmips.rules import (
+    multinomial_counts,
+    multinomial_select,
+    select,
+    winner_take_all,
+    winner_take_all_alpha,
+)
 
 
 def test_winner_take_all_picks_highest_pi_and_ignores_magnitudes():
@@ -70,13 +80,33 @@ def test_select_rejects_unknown_rule_and_zero_trials():
         select(torch.tensor([1.0]), "multinomial", trials=0)
 
 
+def _layer(name: str, macs: float, pi_w: list[float], pi_a: list[float]) -> dict:
+    return {"name": name, "w_candidates": [1, 2, 3, 4], "a_candidates": [2, 3, 4], "macs": macs,
+            "pi_w": pi_w, "pi_a": pi_a, "alpha_w": [math.log(p) for p in pi_w],
+            "alpha_a": [math.log(p) for p in pi_a]}
+
+
 def _state():
     return {"model": "toy", "eta": 0.1, "complexity": "bops", "layers": [
-        {"name": "a", "w_candidates": [1, 2, 3, 4], "a_candidates": [2, 3, 4], "macs": 100.0,
-         "pi_w": [0.1, 0.6, 0.2, 0.1], "pi_a": [0.2, 0.2, 0.6]},
-        {"name": "b", "w_candidates": [1, 2, 3, 4], "a_candidates": [2, 3, 4], "macs": 300.0,
-         "pi_w": [0.7, 0.1, 0.1, 0.1], "pi_a": [0.5, 0.3, 0.2]},
-    ]}
+        _layer("a", 100.0, [0.1, 0.6, 0.2, 0.1], [0.2, 0.2, 0.6]),
+        _layer("b", 300.0, [0.7, 0.1, 0.1, 0.1], [0.5, 0.3, 0.2])]}
+
+
+def test_argmax_is_taken_on_the_raw_alphas_where_float32_pi_ties():
+    """Alphas one ulp apart: the float32 softmax stored in arch_state.json ties, the alphas do not. Eq. 18
+    (and the official code, ``alpha.argmax()``) keeps the larger alpha; a JSON round trip keeps them."""
+    alpha = torch.full((4,), 0.01)
+    alpha[2] = torch.nextafter(alpha[2], torch.tensor(1.0))
+    pi = torch.softmax(alpha, 0)
+    assert torch.equal(pi, torch.full((4,), 0.25))  # the tie in float32
+    layer = {"name": "l", "w_candidates": [1, 2, 3, 4], "a_candidates": [2, 3, 4], "macs": 1.0,
+             "pi_w": pi.tolist(), "alpha_w": alpha.tolist(), "pi_a": [0.2, 0.3, 0.5],
+             "alpha_a": [0.0, 0.1, 0.2]}
+    layer = json.loads(json.dumps(layer))
+    assert torch.equal(torch.tensor(layer["alpha_w"]), alpha)
+    assert choose_bits([layer]) == {"l": (3, 4)}
+    assert winner_take_all(torch.tensor(layer["pi_w"])) == 0  # what pi alone gives
+    assert int(np.argmax(alpha.numpy())) == winner_take_all_alpha(layer["alpha_w"]) == 2
 
 
 def test_choose_bits_argmax_decouples_weights_and_activations():
@@ -101,3 +131,20 @@ def test_discretize_state_meta_and_sample_selection():
     assert policy.meta["avg_bits"] == pytest.approx(best["avg_bits"])
     with pytest.raises(ConfigError, match="samples"):
         discretize_state(_state(), rule="argmax", samples=2)
+
+
+def test_w_clip_bound_reaches_every_gaussian_quantizer():
+    """``quant.w_clip_bound`` (grid by default; float64: the official bound) in search and final models."""
+    from core.models import build_model
+    from core.nn import quantize_model
+    from core.quant.gaussian import GaussianQuantizer
+    from papers.edmips.config import QuantConfig
+    from papers.edmips.models import composite_spec, fixed_spec
+
+    for clip_bound in ("grid", "float64"):
+        quant = QuantConfig(w_clip_bound=clip_bound)
+        for spec in (composite_spec(quant), fixed_spec(quant, 2, 2)):
+            model = build_model("digits_resnet", num_classes=10, widths=[4, 8, 8], blocks=1)
+            quantize_model(model, spec)
+            found = [m.clip_bound for m in model.modules() if isinstance(m, GaussianQuantizer)]
+            assert found and set(found) == {clip_bound}

@@ -22,3 +22,13 @@ def test_saved_tensor_memory_is_flat_in_the_weight_candidates():
     assert mem["float"] > 0
     assert mem["search_w8"] == pytest.approx(mem["search_w4"], rel=1e-3)
     assert mem["uniform"] > mem["float"]  # the quantizers keep their inputs for the backward
+
+
+def test_cpu_clock_needs_one_thread(monkeypatch):
+    monkeypatch.setattr(perf.torch, "get_num_threads", lambda: 2)
+    with pytest.raises(ValueError, match="one thread"):
+        perf.search_step_times(batch=2, rounds=1, block=1, modes=("eager",), clock="cpu")
+    monkeypatch.setattr(perf.torch, "get_num_threads", lambda: 1)
+    res = perf.search_step_times(batch=2, rounds=1, block=1, warmup=1, modes=("eager",), clock="cpu",
+                                 variants=("float", "uniform"))
+    assert res["clock"] == "cpu" and res["times"]["eager"]["float"] > 0

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from torch import nn
+
+
+def reference_file(name: str) -> Path:
+    """``$MPQ_REFERENCE_DIR/<name>`` if set, else ``<repo>/../shared/reference/<name>`` (may not exist)."""
+    default = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
+    return Path(os.environ.get("MPQ_REFERENCE_DIR") or default) / name
 
 
 def tiny_net(num_classes: int = 4) -> nn.Module:

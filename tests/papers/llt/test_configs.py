@@ -15,7 +15,7 @@ from papers.llt.config import LLTConfig
 from papers.llt.ilp import uniform_bitops_budget
 from papers.llt.indicators import ImportanceIndicators
 from papers.llt.search import search_policy
-from papers.llt.settings import PAPER_ALPHA, SearchSettings
+from papers.llt.settings import PAPER_ALPHA, SearchSettings, paper_alpha
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "papers" / "llt" / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
@@ -33,9 +33,15 @@ def test_config_loads_with_the_papers_constants(path):
     assert cfg.bits and (cfg.search.w_bits is not None or cfg.search.compression is not None)
     if cfg.data.name == "imagenet":
         assert cfg.bits == [6, 5, 4, 3, 2]
-        assert cfg.search.alpha == PAPER_ALPHA[cfg.model.name] and cfg.search.macs == "limpq"
+        assert cfg.search.alpha == paper_alpha(cfg.model.name, None) and cfg.search.macs == "limpq"
         assert cfg.indicators.optim.lr == 0.01 and cfg.finetune.optim.lr == 0.04
-        assert cfg.finetune.schedule.epochs == 90 and cfg.finetune.schedule.warmup_epochs == 5
+        # the official recipe (the published rows ran it): 90 + 5 cool-down epochs, per-epoch cosine
+        assert cfg.finetune.schedule.epochs == 95 and cfg.finetune.schedule.cooldown_epochs == 5
+        assert cfg.finetune.schedule.warmup_epochs == 5 and not cfg.finetune.schedule.warmup_prefix
+        assert not cfg.indicators.schedule.per_step and cfg.indicators.schedule.min_lr == 1e-5
+        for stage in (cfg.indicators, cfg.finetune):
+            assert stage.optim.nesterov and stage.optim.no_decay_1d and stage.per_device_batch
+        assert cfg.finetune.fc_rescale and cfg.lsq_gradient == "paper"
         assert cfg.finetune.first_layer == "w8" and cfg.finetune.last_layer == "w8a8"
         assert cfg.table_row
 
@@ -47,6 +53,8 @@ def test_paper_alpha_agrees_with_the_transcribed_supplementary():
     table = next(t for t in load_tables(paper="llt")[0].tables if t.id == "supp-sec1")
     transcribed = {r.context["model"]: r.cells[0].value for r in table.rows}
     assert transcribed == PAPER_ALPHA == {"resnet18": 3.0, "resnet50": 2.0, "mobilenet_v1": 1.0}
+    assert paper_alpha("resnet50.gluon_in1k") == paper_alpha("gluon_resnet50_v1b") == 2.0
+    assert paper_alpha("gluon_resnet18_v1b") == 3.0 and paper_alpha("vgg16") == 2.0
 
 
 def test_weight_only_search_on_mobilenet_v1():

@@ -7,8 +7,6 @@ below (typed in from ../shared/reference/README.md and the official README), 7.9
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from core.models import build_model
@@ -16,9 +14,9 @@ from papers.llt.complexity import layer_costs
 from papers.llt.indicators import ImportanceIndicators
 from papers.llt.search import search_policy
 from papers.llt.settings import SearchSettings
+from tests.papers.llt.helpers import reference_file
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-INDICATORS = SHARED / "reference" / "limpq-resnet50-indicators.json"
+INDICATORS = reference_file("limpq-resnet50-indicators.json")
 
 PUBLISHED_W = [6, 3, 4, 5, 4, 4, 5, 4, 4, 5, 4, 3, 4, 3, 3, 3, 4, 4, 3, 4, 4, 3, 4, 3, 2, 3, 2, 3, 2, 3, 3, 2,
                2, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
@@ -29,7 +27,8 @@ PUBLISHED_FP_MB = 97.286
 PUBLISHED_CR = 12.2029
 
 needs_reference = pytest.mark.skipif(not INDICATORS.is_file(),
-                                reason=f"official indicators not found at {INDICATORS} (../shared is absent)")
+                                     reason=f"official indicators not found at {INDICATORS} (../shared is "
+                                            "absent; set MPQ_REFERENCE_DIR)")
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +100,52 @@ def test_the_published_policy_needs_true_division_macs_but_not_the_rule(resnet50
     no_rule = search_policy(indicators, model, SearchSettings(**base, nonmonotone_rule=False), costs=costs)
     assert [w for w, _ in no_rule.layers.values()] == PUBLISHED_W
     assert [a for _, a in no_rule.layers.values()] == PUBLISHED_A
+
+
+def test_limpq_int_macs_are_the_official_hooks_counts():
+    """``limpq_int``: the official search's pre-hook, ``int(H_out * W_out)`` of the true-division sizes
+    times ``C_in * C_out * k^2 // groups``, computed here directly on a torchvision ResNet-50."""
+    import torch
+    from torch import nn
+
+    model = build_model("resnet50", num_classes=1000)
+    official: dict[str, int] = {}
+
+    def hook(name):
+        def fn(module, inputs):
+            h, w = inputs[0].shape[2:]
+            (ph, pw), (dh, dw) = module.padding, module.dilation
+            (kh, kw), (sh, sw) = module.kernel_size, module.stride
+            area = int(((h + 2 * ph - dh * (kh - 1) - 1) / sh + 1)
+                       * ((w + 2 * pw - dw * (kw - 1) - 1) / sw + 1))
+            official[name] = module.in_channels * module.out_channels * area * kh * kw // module.groups
+        return fn
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_pre_hook(hook(name))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224))
+    names = [n for n in official if n != "conv1"]
+    costs = layer_costs(model, names, (3, 224, 224), "limpq_int")
+    assert costs.macs.tolist() == [float(official[n]) for n in names]
+    true_division = layer_costs(model, names, (3, 224, 224), "limpq").macs
+    assert (true_division != costs.macs).sum() == 6  # the stride-2 3x3 and 1x1 convs: 28.5^2, 14.5^2, 7.5^2
+
+
+@needs_reference
+def test_official_mac_truncation_keeps_the_published_policy_but_moves_three_layers_at_alpha_3():
+    """The official hook's truncated MACs (``limpq_int``) give the published policy too; at alpha 3 with a
+    W4A4 BitOPs budget and CR 12.2 they change the activation bits of three layers."""
+    indicators = ImportanceIndicators.load(INDICATORS)
+    model = build_model("resnet50", num_classes=1000)
+    published = search_policy(indicators, model, SearchSettings(
+        alpha=2.0, bits=[6, 5, 4, 3, 2], w_bits=3, a_bits=4, compression=12.2, macs="limpq_int"))
+    assert [w for w, _ in published.layers.values()] == PUBLISHED_W
+    assert [a for _, a in published.layers.values()] == PUBLISHED_A
+    base = dict(alpha=3.0, bits=[6, 5, 4, 3, 2], w_bits=4, a_bits=4, compression=12.2)
+    true_div = search_policy(indicators, model, SearchSettings(**base, macs="limpq")).layers
+    truncated = search_policy(indicators, model, SearchSettings(**base, macs="limpq_int")).layers
+    moved = {n: (true_div[n], truncated[n]) for n in true_div if true_div[n] != truncated[n]}
+    assert moved == {"layer1.2.conv2": ((5, 3), (5, 4)), "layer2.2.conv3": ((5, 6), (5, 5)),
+                     "layer2.3.conv2": ((3, 5), (3, 4))}
