@@ -6,7 +6,7 @@ holds everything core needs, and nothing paper-specific::
     {"format": 1,
      "model": "edmips_resnet18", "model_kwargs": {}, "model_factory": null,
      "num_classes": 10, "input_size": [3, 32, 32],
-     "quant": {"mode": "fixed", "w_quant": "gaussian", "a_quant": "hwgq", "first": "float", ...},
+     "quant": {"kind": "fixed", "w_quant": "gaussian", "a_quant": "hwgq", "first": "float", ...},
      "policy": {"layers": [...], "meta": {...}},
      "checkpoint": "checkpoints/last.pt",
      "meta": {"paper": "edmips", "row": "..."}}
@@ -15,7 +15,9 @@ The exporter rebuilds the model exactly as the trainers do: ``core.models.build_
 **model_kwargs)`` (or ``model_factory``, a ``"package.module:function"`` taking ``num_classes=`` and the
 kwargs, for networks outside core's registry), then ``core.nn.quantize_model(model, QuantSpec(**quant))``,
 then ``BitPolicy.apply`` (``quant`` and ``policy`` null: a float model), then loads ``checkpoint``
-(relative to the file's folder) strictly through ``core.engine.load_checkpoint``.
+(relative to the file's folder) strictly through ``core.engine.load_checkpoint``. A ``model_factory`` may
+also build the quantized network itself (e.g. a child assembled from a supernet): ``quant`` null and
+``policy`` the bits it was built with (recorded in the ONNX metadata, not applied again).
 
 A new paper follows the same contract: after its final training, call :func:`write_export_spec` with its
 model name, the ``QuantSpec`` it quantized with, the policy and the checkpoint holding the final weights.
@@ -150,9 +152,13 @@ def build_spec_model(spec: ExportSpec) -> tuple[nn.Module, Any]:
     else:
         model = build_model(spec.model, num_classes=spec.num_classes, **spec.model_kwargs)
     if spec.quant is None:
-        if spec.policy is not None:
+        if spec.policy is None:
+            return model, None
+        if not spec.model_factory:
             raise ExportError("the export spec has a policy but no quant section (how to quantize the model)")
-        return model, None
+        # a factory that builds the quantized network itself (e.g. a child assembled from a supernet):
+        # the policy is the one it was built with, recorded, not applied again
+        return model, BitPolicy.from_dict(spec.policy, source="export spec policy")
     try:
         quant = QuantSpec(**spec.quant)
     except TypeError as exc:

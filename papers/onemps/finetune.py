@@ -9,8 +9,9 @@ the network trained standalone from the float weights (``finetune.init=float``, 
 "standalone" models).
 
 The child is then trained with ``finetune.optim`` / ``finetune.schedule``, its BatchNorm statistics
-re-estimated on ``finetune.bn_images`` training images, and evaluated; ``results.json`` (core.results)
-goes to ``RUN_DIR/finetune/<tag>/``.
+re-estimated on ``finetune.bn_images`` training images, and evaluated; ``results.json`` (core.results),
+``final.pt`` (the evaluated weights) and ``export.json`` go to ``RUN_DIR/finetune/<tag>/``, so
+``mpq export RUN_DIR/finetune/<tag>`` rebuilds the child (:func:`child_for_export`) and exports it.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ import torch
 from torch import nn
 
 from core.bops import count
-from core.config import OptimConfig, ScheduleConfig
+from core.config import OptimConfig, ScheduleConfig, build_config, config_to_dict
 from core.engine import (
     Trainer,
     build_optimizer,
     build_scheduler,
     check_producer,
     evaluate,
+    is_main,
     log,
     reestimate_bn_statistics,
     trainer_kwargs,
 )
 from core.errors import ConfigError
+from core.export.spec import ExportSpec, save_weights, write_export_spec
 from core.io import read_json
 from core.nn import QConv2d, QLinear, replace_module
 from core.policy import BitPolicy
@@ -86,6 +89,15 @@ def choice_of(supernet: nn.Module, policy: BitPolicy) -> dict[str, tuple[int, in
                               f"(W{m.w_candidates}, A{m.a_candidates})")
         out[name] = (m.w_candidates.index(w), m.a_candidates.index(a))
     return out
+
+
+def child_for_export(num_classes: int, config: dict, policy: dict, input_size: list[int]) -> nn.Module:
+    """The child network of ``export.json`` (``model_factory``): the supernet of the resolved ``config``,
+    freshly built, and its child of ``policy``'s bits; ``mpq export`` then loads ``final.pt`` into it."""
+    cfg = build_config(OneMpsConfig, config)
+    cfg.model.num_classes, cfg.model.pretrained = num_classes, None  # the weights come from final.pt
+    supernet, _ = build_for_training(cfg, tuple(input_size), torch.device("cpu"))
+    return extract_child(supernet, choice_of(supernet, BitPolicy.from_dict(policy, source="export.json")))
 
 
 def selected_policy(cfg: OneMpsConfig) -> tuple[BitPolicy, str]:
@@ -151,6 +163,15 @@ def run_finetune(cfg: OneMpsConfig) -> dict:
                         extra={"init": f.init, "tag": tag, "bops_all_layers": report.bops,
                                "bops_convention_all": report.convention})
     path = write_results(out / "results.json", result)
+    if is_main():
+        save_weights(out / "final.pt", child)
+        write_export_spec(out, ExportSpec(
+            model=cfg.model.name, num_classes=data.num_classes, input_size=data.input_size,
+            checkpoint="final.pt", policy=policy.to_dict(),
+            model_factory="papers.onemps.finetune:child_for_export",
+            model_kwargs={"config": config_to_dict(cfg), "policy": policy.to_dict(),
+                          "input_size": list(data.input_size)},
+            meta={"paper": "onemps", "tag": tag, "init": f.init, "weights": "after BN re-estimation"}))
     log(f"OneMPS finetune ({tag}, init {f.init}): top-1 {metrics['top1']:.2f}, average bits "
         f"{searchable.avg_bits:.3f} -> {path}")
     return {"path": str(path), **metrics}

@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from core.cli import main as mpq
+from core.data import build_dataset
 from core.errors import ConfigError
+from core.export.check import compare_onnxruntime
+from core.export.qdq import export_onnx
+from core.export.spec import model_from_run
 from core.pareto import pareto_front
 from core.results import load_results
 from papers.onemps.cli import SMOKE
@@ -60,6 +65,19 @@ def test_train_pareto_finetune_plot_through_the_cli(tmp_path):
     assert {n: tuple(b) for n, b in front[0]["policy"].items()} == {
         e["name"]: (e["w_bits"], e["a_bits"]) for e in result.policy["layers"]}
     assert result.counts.avg_bits == pytest.approx(front[0]["avg_bits"])
+    # the fine-tuned child leaves through `mpq export`: rebuilt from export.json it is the evaluated network
+    child_dir = out / "finetune" / "point0"
+    assert mpq(["export", str(child_dir), "-o", str(tmp_path / "child.onnx")]) == 0
+    model, policy, spec, _ = model_from_run(child_dir)
+    assert policy.to_dict()["layers"] == result.policy["layers"]
+    val = build_dataset("digits", split="val", image_size=spec.input_size[-1])
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    labels = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        top1 = 100.0 * float((model.eval()(images).argmax(1) == labels).float().mean())
+    assert top1 == pytest.approx(result.metrics["top1"], abs=1e-6)
+    report = compare_onnxruntime(model, export_onnx(model, images[:1]), images[:64])
+    assert report.ok(ulps=16), report.summary()
 
     assert mpq(["onemps", "plot", str(out)]) == 0
     assert (out / "plots" / "bits_vs_eta.png").stat().st_size > 1000
