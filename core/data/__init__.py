@@ -28,14 +28,14 @@ from core.data.coco import (
 from core.data.common import DatasetInfo, require_dir, skipped_files
 from core.data.digits import DEFAULT_VAL_SIZE, NUM_DIGITS, DigitsDataset
 from core.data.imagenet import IMAGENET_LAYOUT, ImageFolderDataset, scan_folder
-from core.data.loader import EpochLoader, ShardSampler, build_loader
+from core.data.loader import CappedLoader, EpochLoader, ShardSampler, build_loader
 from core.data.mnist5k import MNIST5K_VAL_SIZE, NUM_MNIST5K, Mnist5kDataset
 from core.errors import DataError
 
 __all__ = ["build_dataset", "build_dataset_from_config", "build_loader", "check_dataset", "dataset_info",
            "DatasetInfo", "DATASETS", "DigitsDataset", "Mnist5kDataset", "CifarDataset", "ImageFolderDataset",
-           "CocoDetection", "EpochLoader", "ShardSampler", "mmdet_dataset_config", "coco_metric_config",
-           "validate_coco", "skipped_files"]
+           "CocoDetection", "CappedLoader", "EpochLoader", "ShardSampler", "mmdet_dataset_config",
+           "coco_metric_config", "validate_coco", "skipped_files"]
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 10, 3, 32, "embedded (scikit-learn load_digits); no root needed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from core.engine.dist import is_distributed
 from core.errors import ConfigError
 
-__all__ = ["build_loader", "EpochLoader", "ShardSampler"]
+__all__ = ["build_loader", "CappedLoader", "EpochLoader", "ShardSampler"]
 
 
 class ShardSampler(Sampler[int]):
@@ -88,3 +89,25 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
                          persistent_workers=False, seed=seed, rank=rank)
     loader.set_epoch(0)
     return loader
+
+
+class CappedLoader:
+    """At most ``max_steps`` batches per epoch of ``loader`` (0: all); forwards ``set_epoch``. For CPU demo
+    and benchmark schedules that train on a fixed number of steps per epoch."""
+
+    def __init__(self, loader: Any, max_steps: int = 0):
+        self.loader, self.max_steps = loader, int(max_steps)
+
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return min(n, self.max_steps) if self.max_steps > 0 else n
+
+    def __iter__(self) -> Iterator:
+        for i, batch in enumerate(self.loader):
+            if i >= len(self):
+                break
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)

@@ -50,13 +50,12 @@ import torch
 
 from core.bops import BopsReport, count
 from core.config import OptimConfig, ScheduleConfig
-from core.data import build_loader
+from core.data import CappedLoader, build_loader
 from core.engine import build_optimizer, build_scheduler
 from core.errors import BudgetError, ConfigError
 from core.method import SearchMethod, SearchRequest
 from core.nn import arch_parameters, weight_parameters
 from core.policy import BitPolicy
-from papers.edmips.common import CappedLoader
 from papers.edmips.complexity import ComplexityLoss, measure_layer_costs
 from papers.edmips.config import QuantConfig
 from papers.edmips.discretize import choose_bits

@@ -52,12 +52,12 @@ import torch
 from torch import nn
 
 from core.bops import count
-from core.data import build_loader
+from core.data import CappedLoader, build_loader
 from core.engine import RunDir, code_version
 from core.errors import BudgetError, ConfigError
 from core.method import SearchMethod, SearchRequest
 from core.policy import BitPolicy
-from papers.onemps.common import CappedLoader, build_supernet
+from papers.onemps.common import build_supernet
 from papers.onemps.config import OneMpsConfig, load_onemps_config
 from papers.onemps.losses import HardwareCosts
 from papers.onemps.select import cheapest_choice, select_for_budget

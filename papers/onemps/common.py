@@ -11,13 +11,12 @@ Run directory (``run.out_dir``)::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from core.data import CappedLoader
 from core.engine import (
     ClassificationData,
     DistInfo,
@@ -43,25 +42,6 @@ def setup(cfg: OneMpsConfig) -> DistInfo:
     return setup_process(cfg.run)
 
 
-class CappedLoader:
-    """At most ``max_steps`` batches per epoch of ``loader`` (0: all); forwards ``set_epoch``."""
-
-    def __init__(self, loader: Any, max_steps: int = 0):
-        self.loader, self.max_steps = loader, int(max_steps)
-
-    def __len__(self) -> int:
-        n = len(self.loader)
-        return min(n, self.max_steps) if self.max_steps > 0 else n
-
-    def __iter__(self) -> Iterator:
-        for i, batch in enumerate(self.loader):
-            if i >= len(self):
-                break
-            yield batch
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(epoch)
 
 
 def build_data(cfg: OneMpsConfig, info: DistInfo, max_steps: int = 0) -> ClassificationData:

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.data import CappedLoader
 from core.engine import check_producer, evaluate, is_main, log, reestimate_bn_statistics
 from core.errors import ConfigError
 from core.io import atomic_write_json
 from core.pareto import pareto_front
-from papers.onemps.common import CappedLoader, build_data, load_supernet_state, run_paths, setup
+from papers.onemps.common import build_data, load_supernet_state, run_paths, setup
 from papers.onemps.config import OneMpsConfig
 from papers.onemps.losses import HardwareCosts
 from papers.onemps.plots import plot_pareto
