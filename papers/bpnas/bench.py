@@ -96,7 +96,12 @@ def search(request: SearchRequest) -> BitPolicy:
              "epoch": cfg.search.schedule.epochs, "input_size": list(request.input_size)}
     policy = derive_policy(state, repair=True)
     counted = count(request.build_model(), tuple(request.input_size), policy=policy, convention=CONVENTION)
-    diagnostics = policy.meta.pop("diagnostics")
+    per_block = policy.meta.pop("diagnostics")  # {"max_prob": {block: p}, "entropy": {block: nats}}
+    blocks = list(per_block["max_prob"])
+    # core.method's contract: one entry per distribution (here: per block, over its pairs), with its K
+    diagnostics = {"blocks": blocks, "max_prob": [per_block["max_prob"][b] for b in blocks],
+                   "entropy": [per_block["entropy"][b] for b in blocks],
+                   "num_candidates": [len(s.pairs) for s in selectors]}
     diagnostics.update(expected_avg_bits_start=init["expected_avg_bits"], expected_avg_bits_end=cost.value(),
                        expected_avg_bits_max=max(trainer.trace, default=init["expected_avg_bits"]),
                        arch_steps=len(trainer.trace),

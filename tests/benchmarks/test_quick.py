@@ -106,6 +106,9 @@ def test_registered_papers_methods_run_in_the_micro_suite(entry, tmp_path: Path)
     suite.run()
     assert not suite.failures, suite.failures
     assert {m.name for m in methods} <= {r["method"] for r in suite.records}
+    for r in suite.records:  # every search reports diagnostics the convergence criteria can read
+        if r["kind"] == "method":
+            assert r["verdict"]["kind"] not in ("none", "unknown"), (r["method"], r["verdict"])
 
 
 def test_bench_run_fails_naming_a_broken_paper(use_papers, tmp_path: Path, capsys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.convergence import judge
 from benchmarks.quick import Settings
 from core.bops import count
 from core.data import build_dataset
@@ -43,8 +44,11 @@ def test_micro_request_gives_a_policy_within_budget_with_diagnostics(tmp_path):
     for block in ("layer1.0", "layer2.0", "layer3.0"):  # one pair per block
         assert policy[f"{block}.conv1"] == policy[f"{block}.conv2"]
     diag = policy.meta["diagnostics"]
-    assert set(diag["max_prob"]) == set(diag["entropy"]) == {"layer1.0", "layer2.0", "layer3.0"}
-    assert all(0 < p <= 1 for p in diag["max_prob"].values())
+    assert diag["blocks"] == ["layer1.0", "layer2.0", "layer3.0"] and diag["num_candidates"] == [9, 9, 9]
+    assert len(diag["max_prob"]) == len(diag["entropy"]) == 3 and all(0 < p <= 1 for p in diag["max_prob"])
+    verdict = judge(diag, request.w_candidates, request.a_candidates)  # the benchmark can read them
+    assert verdict.kind == "distribution" and verdict.converged is not None
+    assert 0 <= verdict.numbers["confidence"] <= 1
     assert diag["expected_avg_bits_max"] < request.budget_avg_bits
     assert diag["expected_avg_bits_start"] < request.budget_avg_bits
     assert diag["arch_steps"] == 6  # two epochs of 3 steps, no warm-up (epochs // 3 = 0)
