@@ -103,6 +103,9 @@ def runner_config(cfg: Any, stage: str, model_bpnas: dict) -> Any:
     c.randomness = dict(seed=int(run.seed))
     c.resume = bool(run.resume)
     c.load_from = None
+    # mmengine keeps one Visualizer per name in the process: a unique name, so that a second Runner in the
+    # same process (det-search then det-train, tests) writes its scalars into its own work dir
+    c.visualizer.name = f"bpnas_{stage}_{time.time_ns()}"
     c.launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
     section = run[stage]
     c.train_cfg.max_epochs = int(section.epochs)
@@ -114,6 +117,10 @@ def runner_config(cfg: Any, stage: str, model_bpnas: dict) -> Any:
         hook = dict(type="BpnasSearchHook", warmup_epochs=int(section.warmup_epochs), seed=int(run.seed))
         c.custom_hooks = [*c.get("custom_hooks", []), hook]
     return c
+
+
+def _model_name(c: Any) -> str:
+    return f"faster_rcnn_r{c.model.backbone.depth}_fpn"
 
 
 def _run(c: Any) -> Any:
@@ -134,15 +141,17 @@ def run_det_search(cfg: Any) -> Any:
     t0 = time.perf_counter()
     c = runner_config(cfg, "search", {"mode": "search"})
     runner = _run(c)
+    det = runner.model.module if hasattr(runner.model, "module") else runner.model
     state = load_arch_state(Path(c.work_dir) / "arch_state.json")
-    policy = derive_policy(state, repair=True)
-    policy.meta.update(model="faster_rcnn_r50_fpn", dataset=cfg.bpnas_run.dataset,
+    policy = derive_policy(state, repair=bool(cfg.bpnas_run.repair))
+    policy.meta.update(model=_model_name(c), dataset=cfg.bpnas_run.dataset,
                        search_wall_s=time.perf_counter() - t0, include_first=True, include_last=True,
                        num_rois=state.get("num_rois"))
+    if det.arch_trace:  # this process's architecture steps (since a resume)
+        policy.meta["diagnostics"]["max_expected_avg_bits_after_step"] = max(det.arch_trace)
     out = Path(cfg.bpnas_run.out_dir) / "policy.json"
     if is_main():
         policy.save(out)
-    det = runner.model.module if hasattr(runner.model, "module") else runner.model
     log(f"BP-NAS det-search: {len(policy.meta['blocks'])} blocks, average bits {policy.meta['avg_bits']:.4f} "
         f"(B_max {state['b_max']:g}, E(SN) max after a step "
         f"{max(det.arch_trace, default=float('nan')):.4f}) -> {out}")
@@ -185,7 +194,7 @@ def run_det_train(cfg: Any) -> Any:
     source = str(cfg.bpnas_run.train.policy)
     result = RunResult(
         paper="bpnas", method="bpnas" if det.policy.meta.get("method") == "bpnas" else source,
-        table_row=cfg.bpnas_run.table_row, model="faster_rcnn_r50_fpn", dataset=cfg.bpnas_run.dataset,
+        table_row=cfg.bpnas_run.table_row, model=_model_name(c), dataset=cfg.bpnas_run.dataset,
         counts=counts_from_report(report),
         metrics={"map": 100 * bbox["bbox_mAP"], "map50": 100 * bbox.get("bbox_mAP_50", 0.0),
                  "map75": 100 * bbox.get("bbox_mAP_75", 0.0)},

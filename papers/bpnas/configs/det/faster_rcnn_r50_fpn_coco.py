@@ -30,6 +30,7 @@ bpnas_run = dict(
     table_row=None,
     seed=0,
     resume=True,  # continue from the last checkpoint in the stage's work dir
+    repair=True,  # derive: cheapen an argmax network beyond B_max (derive.repair of the classification)
     search=dict(
         epochs=12,  # mmdet's 1x schedule (lr x0.1 at epochs 8 and 11, the base's param_scheduler)
         warmup_epochs=2,  # weights only before the logits move
