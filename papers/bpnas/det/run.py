@@ -116,6 +116,11 @@ def runner_config(cfg: Any, stage: str, model_bpnas: dict) -> Any:
                                **({"clip_grad": base.clip_grad} if base.get("clip_grad") else {}))
         hook = dict(type="BpnasSearchHook", warmup_epochs=int(section.warmup_epochs), seed=int(run.seed))
         c.custom_hooks = [*c.get("custom_hooks", []), hook]
+        quant = c.model.bpnas.get("quant", {})
+        kinds = {quant.get("w_quant", "scale_clip"), quant.get("a_quant", "scale_clip")}
+        if c.launcher == "pytorch" and kinds != {"scale_clip"}:
+            # a sampled step leaves the other candidates' quantizer parameters (e.g. PACT clips) unused
+            c.model_wrapper_cfg = dict(type="MMDistributedDataParallel", find_unused_parameters=True)
     return c
 
 
