@@ -151,15 +151,24 @@ class BpnasFasterRCNN(FasterRCNN):
             self.policy.validate(self)
             self.policy.apply(self)
             freeze_full_precision_quantizers(self)
+            self._refreeze()
             self.selectors, self.cost, self.init_record = [], None, None
             return
         report = count_detector(self, o.count_size, self.num_rois)
         quant.pairs = o.pairs
         self.layer_names = quantize_model(self, _spec_for_detector(supernet_spec(quant, o.paths), quant))
+        self._refreeze()
         self.selectors = block_selectors(self)
         self.cost = SupernetCost.from_report(self.selectors, report)
         self.init_record = feasible_init(self.cost, o.b_max, o.init_margin)
         self.register_buffer("score_baseline", torch.tensor(math.nan, dtype=torch.float64))
+
+    def _refreeze(self) -> None:
+        """The swapped layers are new modules: apply mmdet's ``frozen_stages`` to them again now (mmdet's
+        ResNet does it at build time and on ``train()``), so that DDP and the optimizer see the same frozen
+        parameters as in mmdet's float detector."""
+        if hasattr(self.backbone, "_freeze_stages"):
+            self.backbone._freeze_stages()
 
     @property
     def sampled(self) -> bool:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from core.errors import ConfigError
@@ -107,6 +108,11 @@ def runner_config(cfg: Any, stage: str, model_bpnas: dict) -> Any:
     # same process (det-search then det-train, tests) writes its scalars into its own work dir
     c.visualizer.name = f"bpnas_{stage}_{time.time_ns()}"
     c.launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+    wrapper = {}
+    if c.launcher == "pytorch" and not torch.cuda.is_available():
+        # mmengine's launcher sets a CUDA device; on CPU the gloo group is made in _run and DDP gets no device
+        c.env_cfg.dist_cfg.backend = "gloo"
+        wrapper = dict(device_ids=None)
     section = run[stage]
     c.train_cfg.max_epochs = int(section.epochs)
     if stage == "search":
@@ -118,9 +124,11 @@ def runner_config(cfg: Any, stage: str, model_bpnas: dict) -> Any:
         c.custom_hooks = [*c.get("custom_hooks", []), hook]
         quant = c.model.bpnas.get("quant", {})
         kinds = {quant.get("w_quant", "scale_clip"), quant.get("a_quant", "scale_clip")}
-        if c.launcher == "pytorch" and kinds != {"scale_clip"}:
+        if kinds != {"scale_clip"}:
             # a sampled step leaves the other candidates' quantizer parameters (e.g. PACT clips) unused
-            c.model_wrapper_cfg = dict(type="MMDistributedDataParallel", find_unused_parameters=True)
+            wrapper["find_unused_parameters"] = True
+    if c.launcher == "pytorch" and wrapper:
+        c.model_wrapper_cfg = dict(type="MMDistributedDataParallel", broadcast_buffers=False, **wrapper)
     return c
 
 
@@ -132,6 +140,9 @@ def _run(c: Any) -> Any:
     from core.engine.mmengine_compat import mmengine_safe_loading
 
     Runner = require("mmengine.runner", "BP-NAS detection").Runner
+    gloo = c.launcher == "pytorch" and c.env_cfg.dist_cfg.backend == "gloo"
+    if gloo and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")  # torchrun's env:// variables
     runner = Runner.from_cfg(c)
     with mmengine_safe_loading():
         runner.train()

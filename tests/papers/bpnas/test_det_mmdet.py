@@ -127,3 +127,21 @@ def test_r50_supernet_loss_dict_and_table2_network():
     assert report.avg_bits == pytest.approx(fixed.policy.meta["avg_bits"], rel=1e-9)
     stem = fixed.get_submodule("backbone.conv1")
     assert (stem.w_bits, stem.a_bits) == (4, 8)
+
+
+@pytest.mark.slow
+def test_det_search_two_gloo_ranks(tmp_path):
+    """mmengine's pytorch launcher under torchrun on CPU (gloo, DDP without device ids)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+           "-m", "core.cli", "bpnas", "det-search", "-c", "tiny_coco", f"run.out_dir={out}", *TINY,
+           "bpnas_run.search.epochs=2", "bpnas_run.search.warmup_epochs=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((out / "search" / "arch_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2] and history["epochs"][2]["steps"] == 1
+    assert (out / "policy.json").is_file()
