@@ -166,9 +166,17 @@ class BpnasFasterRCNN(FasterRCNN):
     def _refreeze(self) -> None:
         """The swapped layers are new modules: apply mmdet's ``frozen_stages`` to them again now (mmdet's
         ResNet does it at build time and on ``train()``), so that DDP and the optimizer see the same frozen
-        parameters as in mmdet's float detector."""
+        parameters as in mmdet's float detector; the frozen stages' blocks are still searched (their logits
+        stay trainable)."""
         if hasattr(self.backbone, "_freeze_stages"):
             self.backbone._freeze_stages()
+        for p in arch_parameters(self):
+            p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> BpnasFasterRCNN:
+        super().train(mode)  # mmdet's ResNet.train() freezes its frozen stages' parameters, logits included
+        self._refreeze()
+        return self
 
     @property
     def sampled(self) -> bool:
