@@ -7,7 +7,9 @@ Quantization". Stages (each a CLI command, ``mpq bpnas search|derive|train|run|p
   initialisation and the guarded architecture step;
 - :mod:`papers.bpnas.search`: the search; :mod:`papers.bpnas.derive`: the highest-probability pair per
   block -> ``policy.json``; :mod:`papers.bpnas.train`: training of the derived / published network;
-- :mod:`papers.bpnas.plots`: search curves and supp. Fig. 1 / Fig. 2 as runs.
+- :mod:`papers.bpnas.plots`: search curves and supp. Fig. 1 / Fig. 2 as runs;
+- :mod:`papers.bpnas.det`: Faster R-CNN R50-FPN (supp. Table 2) through mmdet / mmengine,
+  ``mpq bpnas det-search|det-train`` (the ``det`` extra).
 
 Distribution reshaping (supp. section 5) is core's ``scale_clip`` quantizer (:mod:`core.quant.scale_clip`).
 See ``papers/bpnas/README.md`` for the supplementary-equation -> code table.

@@ -8,6 +8,7 @@ Each stage takes ``-c CONFIG`` (a YAML path, or the name of a packaged config su
     torchrun --nproc_per_node 8 -m core.cli bpnas search -c resnet50_imagenet data.root=/data/imagenet
     mpq bpnas plot search runs/bpnas/digits
     mpq bpnas plot fig1 -c digits_figures
+    mpq bpnas det-search -c tiny_coco && mpq bpnas det-train -c tiny_coco   # detection (det extra)
 
 Stages resume from their last checkpoint with ``run.resume=auto`` (the default).
 """
@@ -62,6 +63,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _det(args: argparse.Namespace) -> int:
+    from papers.bpnas.det.run import load_det_config, run_det_search, run_det_train
+
+    cfg = load_det_config(args.config, args.overrides)
+    (run_det_search if args.stage == "det-search" else run_det_train)(cfg)
+    return 0
+
+
 def _plot_search(args: argparse.Namespace) -> int:
     from papers.bpnas.plots import plot_search
 
@@ -109,6 +118,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
               ("run", _run, "search, derive and train in one go"))
     for name, func, text in stages:
         PAPER.add_config_arguments(sub.add_parser(name, help=text, description=text)).set_defaults(func=func)
+    det = (("det-search", "Faster R-CNN supernet search (mmdet Runner), then derive -> RUN_DIR/policy.json"),
+           ("det-train", "train the derived / Table 2 detector, COCO bbox mAP -> RUN_DIR/results.json"))
+    for name, text in det:
+        p = sub.add_parser(name, help=text, description=text + " (needs the det extra)")
+        p.add_argument("-c", "--config", required=True, metavar="NAME|PATH",
+                       help="a packaged det config (papers/bpnas/configs/det/: faster_rcnn_r50_fpn_coco, "
+                            "faster_rcnn_r50_fpn_coco_table2, tiny_coco) or an mmdet config file")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="data.root=..., run.out_dir=..., or any mmengine config key (a.b=value)")
+        p.set_defaults(func=_det, stage=name, overrides_anywhere=True)
     plot = sub.add_parser("plot", help="search curves, or supp. Fig. 1 / Fig. 2 as training runs -> PNG")
     psub = plot.add_subparsers(metavar="WHAT")
     p = psub.add_parser("search", help="p per block and E(SN) over the search epochs -> RUN_DIR/plots/")

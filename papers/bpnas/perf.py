@@ -130,7 +130,20 @@ def perf_group(smoke: bool = False) -> list[dict]:
              "ratio": times[a] / times[b]} for a, b in RATIOS]
 
 
-PERF = {"bpnas": perf_group}
+def det_perf_group(smoke: bool = False) -> list[dict]:
+    """The detection row (``papers.bpnas.det.perf``): search step vs float Faster R-CNN step; a NaN row saying
+    why when the ``det`` extra is missing."""
+    from core.errors import MissingDependencyError
+
+    try:
+        from papers.bpnas.det.perf import perf_group as det_group
+
+        return det_group(smoke)
+    except MissingDependencyError as exc:
+        return [{"name": f"bpnas det search step: skipped ({exc})", "value": float("nan"), "unit": "s"}]
+
+
+PERF = {"bpnas": perf_group, "bpnas_det": det_perf_group}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,4 +66,4 @@ def test_budget_errors(tmp_path):
 
 
 def test_perf_group_is_registered():
-    assert set(PERF) == {"bpnas"} and callable(PERF["bpnas"])
+    assert set(PERF) == {"bpnas", "bpnas_det"} and all(callable(f) for f in PERF.values())
