@@ -24,12 +24,11 @@ import torch
 
 from core.bops import count
 from core.config import validate_config
-from core.data import build_loader
+from core.data import CappedLoader, build_loader
 from core.errors import BudgetError, ConfigError
 from core.method import SearchMethod, SearchRequest
 from core.nn import quantize_model
 from core.policy import BitPolicy
-from papers.bpnas.common import CappedLoader
 from papers.bpnas.config import BpnasConfig, QuantConfig
 from papers.bpnas.derive import derive_policy
 from papers.bpnas.losses import SupernetCost, feasible_init

@@ -3,12 +3,12 @@ step cap for smoke runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import DataConfig
+from core.data import CappedLoader
 from core.engine import DistInfo, classification_data, num_classes_for, setup_process
 from papers.bpnas.config import BpnasConfig
 
@@ -27,25 +27,6 @@ def setup(cfg: BpnasConfig) -> DistInfo:
     return setup_process(cfg.run)
 
 
-class CappedLoader:
-    """At most ``max_steps`` batches per epoch of ``loader`` (0: all); forwards ``set_epoch``."""
-
-    def __init__(self, loader: Any, max_steps: int = 0):
-        self.loader, self.max_steps = loader, int(max_steps)
-
-    def __len__(self) -> int:
-        n = len(self.loader)
-        return min(n, self.max_steps) if self.max_steps > 0 else n
-
-    def __iter__(self) -> Iterator:
-        for i, batch in enumerate(self.loader):
-            if i >= len(self):
-                break
-            yield batch
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(epoch)
 
 
 @dataclass
