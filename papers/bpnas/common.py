@@ -3,13 +3,11 @@ step cap for smoke runs)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.config import DataConfig
 from core.data import CappedLoader
-from core.engine import DistInfo, classification_data, num_classes_for, setup_process
+from core.engine import ClassificationData, DistInfo, classification_data, num_classes_for, setup_process
 from papers.bpnas.config import BpnasConfig
 
 SEARCH_DIR, TRAIN_DIR, FIGURES_DIR = "search", "train", "figures"
@@ -27,20 +25,12 @@ def setup(cfg: BpnasConfig) -> DistInfo:
     return setup_process(cfg.run)
 
 
-
-
-@dataclass
-class Data:
-    train: Any
-    val: Any
-    num_classes: int
-    input_size: tuple[int, int, int]
-
-
-def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> Data:
-    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data)."""
+def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> ClassificationData:
+    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data), the
+    train loader capped at ``max_steps`` batches per epoch (0: all)."""
     d = classification_data(data, seed, info=info)
-    return Data(CappedLoader(d.train, max_steps), d.val, d.num_classes, d.input_size)
+    d.train = CappedLoader(d.train, max_steps)
+    return d
 
 
 def num_classes_of(cfg: BpnasConfig) -> int:
