@@ -16,16 +16,10 @@ The search depends on the budget only through ``b``: it is kept per (:meth:`Sear
 ``b``, options) in this process, so the budgets of one comparison that share a width share one search,
 reported as shared work (``search_cost_shared_s`` / ``shared_over``).
 
-Time budget: the evolution over the folds is most of the work (measured on the quick suite: 39 of 46 CPU s
-of the two searches of one seed; teacher 2 s, supernet 6 s). The returned policy does not depend on the
-folds (it is uniform; the K-fold protocol is how Table 2 reports the clips), so when the request carries a
-``time_budget_s`` and ``folds`` is not given, the search runs :data:`BUDGET_FOLDS` (2, the smallest K-fold)
-folds instead of the paper's 10; the evolution's own settings stay the paper's.
-
 ``request.options`` (all optional): ``lambdas`` (the official seven), ``clip_init`` (6.0), ``clip_step``
-(``paper``), ``lr`` (Adam, 1e-3), ``teacher_lr`` (SGD, 0.1), ``folds`` (10; 2 under a time budget),
-``fold_split`` (``contiguous``), ``population`` (45), ``iterations`` (20), ``parents`` (10),
-``crossover`` (15), ``mutation`` (15), ``mutation_prob`` (0.1).
+(``paper``), ``lr`` (Adam, 1e-3), ``teacher_lr`` (SGD, 0.1), ``folds`` (10), ``fold_split``
+(``contiguous``), ``population`` (45), ``iterations`` (20), ``parents`` (10), ``crossover`` (15),
+``mutation`` (15), ``mutation_prob`` (0.1).
 """
 
 from __future__ import annotations
@@ -49,7 +43,6 @@ DEFAULTS: dict[str, Any] = {"lambdas": list(LAMBDAS), "clip_init": 6.0, "clip_st
                             "teacher_lr": 0.1, "folds": 10, "fold_split": "contiguous", "population": 45,
                             "iterations": 20, "parents": 10, "crossover": 15, "mutation": 15,
                             "mutation_prob": 0.1}
-BUDGET_FOLDS = 2  # folds when the request carries a time budget and no ``folds`` option (module docstring)
 EVOLUTION_KEYS = ("population", "iterations", "parents", "crossover", "mutation", "mutation_prob")
 _SEARCHES: dict[str, dict] = {}  # fingerprint + width + options -> one clip search (this process)
 
@@ -141,8 +134,6 @@ def search(request: SearchRequest) -> BitPolicy:
     if unknown:
         raise ConfigError(f"basq: unknown request option(s) {unknown}; valid: {sorted(DEFAULTS)}")
     opts = {**DEFAULTS, **request.options}
-    if request.time_budget_s is not None and "folds" not in request.options:
-        opts["folds"] = BUDGET_FOLDS
     bits, names, macs = uniform_bits(request)
     request.log(f"basq: uniform W{bits}A{bits} ({macs * bits * bits:.4g} BOPs <= "
                 f"{request.budget_bops:.4g}); teacher, supernet, K-fold clip search")

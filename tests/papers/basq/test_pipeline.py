@@ -125,9 +125,9 @@ def test_bench_search_reports_a_judgeable_curve_and_shares_one_search_per_width(
     from papers.basq.bench import search
 
     data = build_dataset("digits", split="val", image_size=8)
-    options = {"population": 6, "iterations": 4, "parents": 2, "crossover": 2, "mutation": 2}
+    options = {"folds": 2, "population": 6, "iterations": 4, "parents": 2, "crossover": 2, "mutation": 2}
     request = replace(_request(2.5, tmp_path), train_set=data, val_set=data, epochs=1, batch_size=128,
-                      log=lambda msg: None, options=options, time_budget_s=10.0)  # -> 2 folds, not 10
+                      log=lambda msg: None, options=options)
     policy = search(request)
     d = policy.meta["diagnostics"]
     assert len(d["best_so_far_folds"]) == 2 and all(len(c) == 5 for c in d["best_so_far_folds"])
