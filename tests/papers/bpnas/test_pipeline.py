@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from core.cli import main as mpq
+from core.data import build_dataset
+from core.export.check import compare_onnxruntime
+from core.export.qdq import export_onnx
+from core.export.spec import model_from_run
 from core.policy import BitPolicy
 from core.results import load_results
 from papers.bpnas import PAPER
@@ -40,7 +45,13 @@ def test_search_derive_train_and_plot_through_the_cli(tmp_path):
     assert results.extra["within_budget"] is True
     assert set(results.wall_time_s) == {"search", "derive", "train"}
     assert results.policy["meta"]["blocks"] == policy.meta["blocks"]
-    assert (out / "train" / "export.json").is_file()
+    # the final network leaves through `mpq export` (scale_clip grids) and matches onnxruntime
+    assert mpq(["export", str(out), "-o", str(tmp_path / "bpnas.onnx")]) == 0
+    model, _, spec, _ = model_from_run(out)
+    val = build_dataset("digits", split="val", image_size=spec.input_size[-1])
+    images = torch.stack([val[i][0] for i in range(64)])
+    report = compare_onnxruntime(model, export_onnx(model, images[:1]), images)
+    assert report.ok(ulps=16), report.summary()
 
     assert mpq(["bpnas", "plot", "search", str(out)]) == 0
     for png in ("arch_evolution.png", "complexity.png"):
