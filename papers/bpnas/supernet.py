@@ -167,7 +167,8 @@ class _PairMixin:
         self.bit_frozen = False
 
     def op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The layer's float operation (conv2d / linear) with weight ``w``: defined by each layer class."""
+        raise NotImplementedError(f"{type(self).__name__} must define op()")
 
     def pair_forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """``op(a_k(x), Q_k(W))`` of candidate pair ``index``: one convolution."""

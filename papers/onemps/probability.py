@@ -142,7 +142,9 @@ class ProbabilityModel(nn.Module):
         return sum(w + a for w, a in self.sizes)
 
     def raw_logits(self, etas: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``(len(etas), num_logits)`` logits before the per-layer split: defined by each model
+        (:class:`BitWidthModel`: f_theta; :class:`DirectLogits`: per-layer vectors, alike for every eta)."""
+        raise NotImplementedError(f"{type(self).__name__} must define raw_logits()")
 
     def logits(self, eta: float | torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``f_theta(eta)`` split per layer: ``[(logits over B^w_k, logits over B^x_k), ...]``."""
