@@ -23,8 +23,8 @@ from typing import Any
 
 from core.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "output_error", "remove_orphaned_temps",
-           "TMP_MARK"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "print_json", "output_error",
+           "remove_orphaned_temps", "TMP_MARK"]
 
 TMP_MARK = ".mpq-tmp"
 # ours, plus the names older versions used (``.<stem>.<random>.tmp<suffix>``, ``.last.pt.<pid>.tmp``)
@@ -129,6 +129,15 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1
     """Write ``data`` as JSON (no NaN/inf: they are not JSON) to ``path`` atomically; a value that
     cannot be serialised raises before anything is written."""
     atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+def print_json(data: Any, path: str | os.PathLike | None = None) -> None:
+    """Print ``data`` as indented JSON and, with ``path``, also write it there atomically (the perf
+    scripts' ``--json FILE``)."""
+    text = json.dumps(data, indent=1)
+    print(text)
+    if path:
+        atomic_write_text(path, text + "\n")
 
 
 def remove_orphaned_temps(directory: str | os.PathLike, skip: tuple[str, ...] = (".previous",)) -> list[Path]:

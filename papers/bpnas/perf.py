@@ -20,7 +20,6 @@ a GPU).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 from core.engine import build_optimizer
 from core.errors import ConfigError
+from core.io import print_json
 from papers.bpnas.config import BpnasConfig, ModelConfig
 from papers.bpnas.losses import feasible_init
 from papers.bpnas.models import build_fixed_model, build_supernet
@@ -158,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     res = search_step_times(args.model, args.batch, args.image_size, args.rounds, args.block,
                             device=args.device)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.json:
-        from core.io import atomic_write_text
-
-        atomic_write_text(args.json, text + "\n")
+    print_json(res, args.json)
     return 0
 
 

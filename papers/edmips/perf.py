@@ -24,7 +24,6 @@ for the backward (on CPU the process's peak resident size was the same 4.4 GB fo
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from core.config import OptimConfig
 from core.engine import build_optimizer
+from core.io import print_json
 from core.models import build_model
 from core.nn import QuantSpec, arch_parameters, quantize_model, weight_parameters
 from core.quant import is_compiled, set_compiled
@@ -210,12 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         res["saved_tensor_mb"] = {mode: {v: saved_tensor_mb(v, args.model, args.batch, args.image_size,
                                                             compiled=mode == "compiled") for v in VARIANTS}
                                   for mode in args.modes}
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.json:
-        from core.io import atomic_write_text
-
-        atomic_write_text(args.json, text + "\n")
+    print_json(res, args.json)
     return 0
 
 

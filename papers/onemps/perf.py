@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from core.engine import Trainer
+from core.io import print_json
 from core.models import build_model
 from core.nn import QuantSpec, quantize_model
 from core.quant import is_compiled, set_compiled
@@ -227,12 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                  modes=tuple(args.modes), device=args.device)
     if args.what in ("front", "both"):
         res["front"] = front_times(args.epochs, args.points)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.json:
-        from core.io import atomic_write_text
-
-        atomic_write_text(args.json, text + "\n")
+    print_json(res, args.json)
     return 0
 
 

@@ -29,7 +29,7 @@ from core.engine import (
     seed_everything,
 )
 from core.errors import CheckpointError, DataError, OutputError
-from core.io import atomic_write_text
+from core.io import atomic_write_text, print_json
 from tests.fixtures import IMAGENET_CLASSES, write_corrupt_jpeg, write_imagenet
 
 
@@ -143,6 +143,14 @@ def test_orphaned_temp_files_are_removed_at_the_next_start(tmp_path):
     keep.write_text("not ours")
     _make(tmp_path, epochs=1).fit()
     assert not any(p.exists() for p in orphans) and keep.exists()
+
+
+def test_print_json_prints_and_writes_the_same_document(tmp_path, capsys):
+    print_json({"ratio": 1.25, "runs": [1, 2]}, tmp_path / "perf.json")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "perf.json").read_text()) == {"ratio": 1.25, "runs": [1, 2]}
+    print_json({"x": 1})  # no path: printed only
+    assert json.loads(capsys.readouterr().out) == {"x": 1}
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
