@@ -89,13 +89,14 @@ class ClassificationData:
 
 
 def classification_data(data: DataConfig, seed: int, batch_size: int | None = None,
-                        info: DistInfo | None = None, batch_key: str = "batch_size", per_device: bool = False
-                        ) -> ClassificationData:
+                        info: DistInfo | None = None, batch_key: str = "batch_size", per_device: bool = False,
+                        max_steps: int = 0) -> ClassificationData:
     """Train / val datasets and loaders of ``data``. ``batch_size`` (a stage's own, named ``batch_key`` in
     errors; default ``data.batch_size``) is global and must divide by the world size, or with
     ``per_device`` each process's own (recipes whose batch sizes are per GPU, e.g. LLT's official code);
-    the sampler shuffles with ``seed`` on every rank."""
-    from core.data import build_dataset_from_config, build_loader, dataset_info
+    the sampler shuffles with ``seed`` on every rank. ``max_steps > 0`` caps the train loader at that many
+    batches per epoch (core.data.CappedLoader: CPU demo and benchmark schedules)."""
+    from core.data import CappedLoader, build_dataset_from_config, build_loader, dataset_info
 
     world = (info or get_info()).world_size
     key = "data.batch_size" if batch_size is None else batch_key
@@ -104,6 +105,8 @@ def classification_data(data: DataConfig, seed: int, batch_size: int | None = No
     train_set = build_dataset_from_config(data, "train")
     val_set = build_dataset_from_config(data, "val", augment=False)
     train = build_loader(train_set, per_rank, train=True, workers=data.workers, seed=seed)
+    if max_steps > 0:
+        train = CappedLoader(train, max_steps)
     val = build_loader(val_set, val_batch, train=False, workers=data.workers)
     return ClassificationData(train_set, val_set, train, val, dataset_info(data.name).num_classes,
                               input_size_of(data))

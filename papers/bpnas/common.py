@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.config import DataConfig
-from core.data import CappedLoader
-from core.engine import ClassificationData, DistInfo, classification_data, num_classes_for, setup_process
+from core.engine import DistInfo, num_classes_for, setup_process
 from papers.bpnas.config import BpnasConfig
 
 SEARCH_DIR, TRAIN_DIR, FIGURES_DIR = "search", "train", "figures"
@@ -23,14 +21,6 @@ def run_paths(cfg: BpnasConfig) -> tuple[Path, Path, Path]:
 def setup(cfg: BpnasConfig) -> DistInfo:
     """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
     return setup_process(cfg.run)
-
-
-def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> ClassificationData:
-    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data), the
-    train loader capped at ``max_steps`` batches per epoch (0: all)."""
-    d = classification_data(data, seed, info=info)
-    d.train = CappedLoader(d.train, max_steps)
-    return d
 
 
 def num_classes_of(cfg: BpnasConfig) -> int:

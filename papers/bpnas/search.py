@@ -36,6 +36,7 @@ from core.engine import (
     atomic_write_text,
     build_optimizer,
     build_scheduler,
+    classification_data,
     is_distributed,
     is_main,
     log,
@@ -44,7 +45,7 @@ from core.engine import (
 )
 from core.errors import BudgetError, ConfigError
 from core.nn import arch_parameters, weight_parameters
-from papers.bpnas.common import ARCH_STATE_FILE, build_data, num_classes_of, run_paths, setup
+from papers.bpnas.common import ARCH_STATE_FILE, num_classes_of, run_paths, setup
 from papers.bpnas.config import BpnasConfig, SearchConfig
 from papers.bpnas.losses import (
     SupernetCost,
@@ -244,7 +245,8 @@ def run_search(cfg: BpnasConfig) -> dict:
     """``mpq bpnas search``: the barrier-penalty search; writes RUN_DIR/search/ (then ``derive``)."""
     t0 = time.perf_counter()
     info = setup(cfg)
-    data = build_data(cfg.data, info, cfg.run.seed, cfg.search.max_steps_per_epoch)
+    data = classification_data(cfg.data, cfg.run.seed, info=info,
+                               max_steps=cfg.search.max_steps_per_epoch)
     _, search_dir, _ = run_paths(cfg)
     model, selectors, cost, init = prepare_supernet(cfg, num_classes_of(cfg), data.input_size, info.device)
     meta = {"model": cfg.model.name, "input_size": list(data.input_size), "dataset": cfg.data.name,

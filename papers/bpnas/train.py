@@ -21,13 +21,21 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from core.engine import Trainer, build_optimizer, build_scheduler, is_main, log, trainer_kwargs
+from core.engine import (
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    classification_data,
+    is_main,
+    log,
+    trainer_kwargs,
+)
 from core.errors import ConfigError
 from core.export.spec import write_export_spec
 from core.nn import freeze_full_precision_quantizers
 from core.policy import BitPolicy
 from core.results import RunResult, run_result, write_results
-from papers.bpnas.common import POLICY_FILE, RESULTS_FILE, build_data, num_classes_of, run_paths, setup
+from papers.bpnas.common import POLICY_FILE, RESULTS_FILE, num_classes_of, run_paths, setup
 from papers.bpnas.config import BpnasConfig
 from papers.bpnas.models import CONVENTION, build_fixed_model, export_spec, policy_report, random_block_policy
 
@@ -87,7 +95,8 @@ def run_train(cfg: BpnasConfig) -> RunResult:
     """``mpq bpnas train``: train the network of ``train.policy``; writes RUN_DIR/train/ and results.json."""
     t0 = time.perf_counter()
     info = setup(cfg)
-    data = build_data(cfg.data, info, cfg.run.seed, cfg.train.max_steps_per_epoch)
+    data = classification_data(cfg.data, cfg.run.seed, info=info,
+                               max_steps=cfg.train.max_steps_per_epoch)
     root, _, train_dir = run_paths(cfg)
     num_classes = num_classes_of(cfg)
     model, policy = build_train_model(cfg, num_classes)

@@ -1,5 +1,5 @@
-"""What every EdMIPS stage shares: run directories and their identities, process setup and data loaders
-(core's, with EdMIPS's per-epoch step cap for smoke runs).
+"""What every EdMIPS stage shares: run directories and their identities and process setup (the stages take
+their data from ``core.engine.classification_data``, with ``max_steps`` for smoke runs).
 
 Each stage is one run directory under ``run.out_dir`` (``core.engine.RunDir``: its lock, ``run.json``,
 resume only by the same run) and writes only there: ``search/``, ``discretize/`` (``policy.json``),
@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.config import DataConfig
-from core.data import CappedLoader
 from core.engine import (
-    ClassificationData,
     DistInfo,
-    classification_data,
     config_identity,
     num_classes_for,
     setup_process,
@@ -52,13 +48,6 @@ def setup(cfg: EdmipsConfig) -> DistInfo:
     """core.engine.setup_process: process group, seed (run.seed + rank), compiled path."""
     return setup_process(cfg.run)
 
-
-def build_data(data: DataConfig, info: DistInfo, seed: int = 0, max_steps: int = 0) -> ClassificationData:
-    """Train / val loaders of ``data`` (``data.batch_size`` is global: core.engine.classification_data), the
-    train loader capped at ``max_steps`` batches per epoch (0: all)."""
-    d = classification_data(data, seed, info=info)
-    d.train = CappedLoader(d.train, max_steps)
-    return d
 
 
 def num_classes_of(cfg: EdmipsConfig) -> int:

@@ -32,6 +32,7 @@ from core.engine import (
     atomic_write_text,
     build_optimizer,
     build_scheduler,
+    classification_data,
     is_main,
     log,
     move_to,
@@ -39,7 +40,7 @@ from core.engine import (
 )
 from core.errors import ConfigError
 from core.nn import arch_parameters, weight_parameters
-from papers.edmips.common import SEARCH_DIR, build_data, num_classes_of, setup, stage_dir, stage_identity
+from papers.edmips.common import SEARCH_DIR, num_classes_of, setup, stage_dir, stage_identity
 from papers.edmips.complexity import ComplexityLoss, LayerCost, measure_layer_costs
 from papers.edmips.config import EdmipsConfig
 from papers.edmips.models import build_float_model, build_search_model
@@ -187,7 +188,8 @@ def run_search(cfg: EdmipsConfig) -> dict:
     with RunDir(stage_dir(cfg, SEARCH_DIR)) as run:
         identity = stage_identity(cfg, SEARCH_DIR)
         run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
-        data = build_data(cfg.data, info, cfg.run.seed, cfg.search.max_steps_per_epoch)
+        data = classification_data(cfg.data, cfg.run.seed, info=info,
+                                   max_steps=cfg.search.max_steps_per_epoch)
         model, layers, costs, complexity = build_search(cfg, num_classes_of(cfg), data.input_size,
                                                         info.device)
         optimizers = {"weights": build_optimizer(cfg.search.optim, weight_parameters(model)),

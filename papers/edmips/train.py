@@ -26,6 +26,7 @@ from core.engine import (
     build_optimizer,
     build_scheduler,
     check_producer,
+    classification_data,
     is_main,
     log,
     trainer_kwargs,
@@ -40,7 +41,6 @@ from papers.edmips.common import (
     RESULTS_FILE,
     SEARCH_DIR,
     TRAIN_DIR,
-    build_data,
     num_classes_of,
     setup,
     stage_dir,
@@ -111,7 +111,8 @@ def run_train(cfg: EdmipsConfig) -> RunResult:
     with RunDir(stage_dir(cfg, TRAIN_DIR)) as run:
         identity = stage_identity(cfg, TRAIN_DIR, policy)
         run.claim(identity, cfg.run.resume)  # lock + identity check; nothing written yet
-        data = build_data(cfg.data, info, cfg.run.seed, cfg.train.max_steps_per_epoch)
+        data = classification_data(cfg.data, cfg.run.seed, info=info,
+                                   max_steps=cfg.train.max_steps_per_epoch)
         model.to(info.device)
         optimizer = build_optimizer(cfg.train.optim, model.parameters())
         scheduler = build_scheduler(cfg.train.schedule, optimizer, len(data.train))

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.data import CappedLoader
 from core.engine import (
     ClassificationData,
     DistInfo,
@@ -47,8 +46,7 @@ def setup(cfg: OneMpsConfig) -> DistInfo:
 def build_data(cfg: OneMpsConfig, info: DistInfo, max_steps: int = 0) -> ClassificationData:
     """core.engine.classification_data (``data.batch_size`` is global) with the train loader capped at
     ``max_steps`` batches per epoch."""
-    data = classification_data(cfg.data, cfg.run.seed, info=info)
-    data.train = CappedLoader(data.train, max_steps)
+    data = classification_data(cfg.data, cfg.run.seed, info=info, max_steps=max_steps)
     data.num_classes = num_classes_for(cfg.model, cfg.data.name)
     return data
 

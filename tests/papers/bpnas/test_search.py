@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.data import build_dataset, build_loader
-from papers.bpnas.common import CappedLoader
+from core.data import CappedLoader, build_dataset, build_loader
 from papers.bpnas.config import BpnasConfig
 from papers.bpnas.search import build_search_trainer, prepare_supernet
 
