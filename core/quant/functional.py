@@ -123,16 +123,18 @@ def hwgq_quant(x: torch.Tensor, step: float, levels: int) -> torch.Tensor:
 def weight_std(w: torch.Tensor) -> torch.Tensor:
     """Unbiased standard deviation of all of ``w`` (EdMIPS's weight scale).
 
-    Eagerly ``w.std()``. Under ``torch.compile`` one pass accumulating ``sum w`` and ``sum w^2`` in float64
-    (the same number up to float rounding; the float64 sums keep the cancellation harmless for weights):
-    inductor turns it into one plain reduction, about 3x faster on CPU than its Welford kernel for
-    ``torch.std`` (0.48 vs 1.6 ms for 2.4M weights)."""
+    Eagerly ``w.std()``. Under ``torch.compile`` one pass accumulating ``sum d`` and ``sum d^2`` in float64,
+    ``d = w - w[0]`` (the same number up to float rounding): inductor turns it into one plain reduction,
+    about 3x faster on CPU than its Welford kernel for ``torch.std`` (0.48 vs 1.6 ms for 2.4M weights).
+    The shift by one of the weights keeps the cancellation harmless even where the mean dwarfs the spread
+    (unshifted, a near-constant weight's variance came out negative: a NaN std)."""
     if not torch.compiler.is_compiling():
         return w.std()
     n = w.numel()
-    d = w.double()
+    d = w.double().reshape(-1)
+    d = d - d[0]
     total, squares = d.sum(), (d * d).sum()
-    return torch.sqrt((squares - total * total / n) / max(n - 1, 1)).to(w.dtype)
+    return torch.sqrt(torch.clamp((squares - total * total / n) / max(n - 1, 1), min=0)).to(w.dtype)
 
 
 def gaussian_step(coef: float, std: torch.Tensor, bits: int, clip_bound: str = "grid"
@@ -247,44 +249,77 @@ def hwgq_mixture_backward(grad: torch.Tensor, x: torch.Tensor, gates: torch.Tens
     return grad * pass_through, (torch.stack(sums) if need_gates else None)
 
 
+INDEX_LIMIT = 2**30  # |w / step| below this: the level index fits an int32 (see gaussian_mixture_forward)
+
+
 def gaussian_steps(w: torch.Tensor, coefs: tuple[float, ...], bits: tuple[int, ...], clip_bound: str = "grid"
                    ) -> torch.Tensor:
-    """``(candidates, 2)``: each candidate's step and clip bound (:func:`gaussian_step`) from ``std(w)``
-    (zeros for a float candidate, ``bits_i >= 32``). Its own kernel, so that the per-element loops of
-    :func:`gaussian_mixture_forward` / ``_backward`` read the few scalars instead of recomputing the float64
-    step inside the loop (inductor inlines scalar math into the vector loop; measured here: 20 % more
-    time per candidate in the backward)."""
+    """``(candidates, 3)``: each candidate's step and clip bound (:func:`gaussian_step`) from ``std(w)``, and
+    ``max|w| / step`` (zeros for a float candidate, ``bits_i >= 32``; ``inf`` or ``nan`` for a zero step).
+    Its own kernel, so that the per-element loops of :func:`gaussian_mixture_forward` / ``_backward`` read
+    the few scalars instead of recomputing the float64 step inside the loop (inductor inlines scalar math
+    into the vector loop; measured here: 20 % more time per candidate in the backward); the largest
+    ``|w| / step`` says whether the integer level index is safe (:func:`gaussian_mixture_forward`)."""
     std = weight_std(w)
+    top = w.abs().max()
     zero = torch.zeros((), dtype=w.dtype, device=w.device)
-    return torch.stack([torch.stack(gaussian_step(coef, std, b, clip_bound) if b < 32 else (zero, zero))
-                        for coef, b in zip(coefs, bits)])
+    rows = []
+    for coef, b in zip(coefs, bits):
+        if b >= 32:
+            rows.append(torch.stack((zero, zero, zero)))
+            continue
+        step, bound = gaussian_step(coef, std, b, clip_bound)
+        rows.append(torch.stack((step, bound, top / step)))
+    return torch.stack(rows)
+
+
+def _level_index(w: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
+    """The mid-rise level index ``k = clamp(round(w / step + 0.5), 1 - 2^(b-1), 2^(b-1))`` (the level is
+    ``(k - 0.5) step``), clamped as an int32: the same values as clamping ``(k - 0.5) step`` to the grid bound
+    ``(2^(b-1) - 0.5) step`` (float rounding is monotone and both ends round alike), but plain integer
+    min / max instead of the NaN-propagating float ones, which cost inductor's CPU kernels 40-60 % of a
+    candidate's time (measured here). Needs ``|w / step| < 2^31`` (checked by the caller)."""
+    top = 2 ** (bits - 1)
+    return torch.round(w / step + 0.5).to(torch.int32).clamp(1 - top, top).to(w.dtype)
 
 
 def gaussian_mixture_forward(w: torch.Tensor, gates: torch.Tensor, steps: torch.Tensor,
-                             bits: tuple[int, ...]) -> torch.Tensor:
+                             bits: tuple[int, ...], index: bool = False) -> torch.Tensor:
     """``sum_i gates_i Q_i(w)`` (values only; ``steps`` from :func:`gaussian_steps`; ``bits_i >= 32``: the
-    float weight)."""
+    float weight). ``index=True``: each ``Q_i`` as ``(k_i - 0.5) step_i`` from the integer level index
+    (:func:`_level_index`), bit for bit the same values for the grid clip bound where ``|w| / step_i <
+    INDEX_LIMIT`` (the caller's conditions: :func:`core.quant.mixture.gaussian_mixture`)."""
     out = torch.zeros_like(w)
     for i, b in enumerate(bits):
-        out = out + gates[i] * (w if b >= 32 else _midrise_at(w, steps[i, 0], steps[i, 1]))
+        if b >= 32:
+            q = w
+        elif index:
+            q = (_level_index(w, steps[i, 0], b) - 0.5) * steps[i, 0]
+        else:
+            q = _midrise_at(w, steps[i, 0], steps[i, 1])
+        out = out + gates[i] * q
     return out
 
 
 def gaussian_mixture_backward(grad: torch.Tensor, w: torch.Tensor, gates: torch.Tensor, steps: torch.Tensor,
-                              bits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                              bits: tuple[int, ...], index: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad * sum_i gates_i, [sum(grad * Q_i(w))]_i)``: the gradients to ``w`` (every candidate's
     identity STE) and to the gates, in one pass over ``grad`` and ``w``.
 
     The gate sums are taken over the half-integer levels, ``step_i * sum(grad * m_i)`` with ``m_i`` clamped to
     ``+-(2^b / 2 - 0.5)``: equal to ``sum(grad * Q_i(w))`` up to float rounding (summation order, and the
     clip bound ``L * step`` to an ulp), one multiplication per element and candidate less (about 20 % of a
-    candidate's backward time on CPU)."""
+    candidate's backward time on CPU). ``index``: the levels from the integer index, as in the forward."""
     sums = []
     for i, b in enumerate(bits):
         if b >= 32:
             sums.append((grad * w).sum())
             continue
-        limit = 2**b / 2 - 0.5
-        levels = torch.clamp(torch.round(w / steps[i, 0] + 0.5) - 0.5, -limit, limit)
+        if index:
+            levels = _level_index(w, steps[i, 0], b) - 0.5
+        else:
+            limit = 2**b / 2 - 0.5
+            levels = torch.clamp(torch.round(w / steps[i, 0] + 0.5) - 0.5, -limit, limit)
         sums.append((grad * levels).sum() * steps[i, 0])
     return grad * gates.sum(), torch.stack(sums)
