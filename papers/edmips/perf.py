@@ -12,7 +12,10 @@ The paper's point (section 4.4): one convolution per layer whatever the number o
 step should cost about the uniform quantized step and hardly grow with the candidates. Measured eagerly and
 with ``core.quant.set_compiled(True)`` (the quantizers' ``torch.compile``d kernels; the first, compiling call
 is reported separately). The variants are timed in interleaved rounds (``rounds`` x ``block`` steps each) so
-that a slow phase of a shared machine hits all of them alike; each figure is the median over its steps.
+that a slow phase of a shared machine hits all of them alike; each figure is the median over its steps, with
+Python's garbage collector off while they run (as ``timeit`` does). On the 2-core machine here one step's
+time varies by +-20 % from one step to the next, so the default takes 40 rounds of one step: with 15 steps
+per variant a run's w8 / w4 ratio moved by +-5 % from run to run, more than the margins it is judged by.
 
 :func:`saved_tensor_mb` measures the memory that could grow with the candidates: the tensors autograd keeps
 for the backward (on CPU the process's peak resident size was the same 4.4 GB for all four variants at
@@ -24,6 +27,7 @@ for the backward (on CPU the process's peak resident size was the same 4.4 GB fo
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -89,7 +93,7 @@ def _batch(batch: int, image_size: int, device: torch.device) -> tuple[torch.Ten
 
 
 def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, image_size: int = 32,
-                      rounds: int = 5, block: int = 3, warmup: int = 2,
+                      rounds: int = 40, block: int = 1, warmup: int = 2,
                       modes: tuple[str, ...] = ("eager", "compiled"), variants: tuple[str, ...] = VARIANTS,
                       device: str = "cpu", clock: str = "wall") -> dict:
     """Median step time (s) per ``mode`` and ``variant`` over ``rounds`` interleaved blocks of ``block``
@@ -127,12 +131,17 @@ def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, imag
                 if dev.type == "cuda":
                     peak[variant] = torch.cuda.max_memory_allocated(dev) / 2**20
             samples: dict[str, list[float]] = {v: [] for v in variants}
-            for _ in range(rounds):
-                for variant in variants:
-                    for _ in range(block):
-                        t0 = timer()
-                        steps[variant]()
-                        samples[variant].append(timer() - t0)
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(rounds):
+                    for variant in variants:
+                        for _ in range(block):
+                            t0 = timer()
+                            steps[variant]()
+                            samples[variant].append(timer() - t0)
+            finally:
+                gc.enable()
             del steps
             times = {v: statistics.median(s) for v, s in samples.items()}
             out["times"][mode], out["first_call"][mode], out["peak_memory_mb"][mode] = times, first, peak
@@ -172,7 +181,7 @@ def saved_tensor_mb(variant: str, model_name: str = "edmips_resnet18", batch: in
 
 def perf_group(smoke: bool = False) -> list[dict]:
     """``mpq bench perf`` figures: each search-step time against its baseline, eager and compiled."""
-    res = search_step_times(rounds=1 if smoke else 5, block=1 if smoke else 3, warmup=1 if smoke else 2,
+    res = search_step_times(rounds=1 if smoke else 40, block=1, warmup=1 if smoke else 2,
                             modes=("eager",) if smoke else ("eager", "compiled"))
     rows = []
     for mode, times in res["times"].items():
@@ -192,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="edmips_resnet18")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--block", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--block", type=int, default=1)
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--memory", action="store_true", help="also the tensors saved for backward per variant")
     p.add_argument("--json", default=None, help="write the results to this file")
