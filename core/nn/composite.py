@@ -31,7 +31,7 @@ from core.nn.kinds import (
     QuantSpec,
     register_layer_kind,
 )
-from core.nn.qlayers import build_quantizer, copy_float_params
+from core.nn.qlayers import build_quantizer, copy_float_params, layer_like
 from core.quant.gaussian import GaussianQuantizer
 from core.quant.hwgq import HWGQQuantizer
 from core.quant.mixture import gaussian_mixture, hwgq_mixture
@@ -224,9 +224,7 @@ class CompositeConv2d(_CompositeMixin, nn.Conv2d):
     @classmethod
     def from_float(cls, module: nn.Conv2d, **spec: Any) -> CompositeConv2d:
         """A ``CompositeConv2d`` with ``module``'s geometry, weight and bias (copied to every candidate)."""
-        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                  module.dilation, module.groups, module.bias is not None, module.padding_mode,
-                  device=module.weight.device, dtype=module.weight.dtype, **spec)
+        new = layer_like(cls, module, **spec)
         new._copy_from_float(module)
         return new
 
@@ -249,8 +247,7 @@ class CompositeLinear(_CompositeMixin, nn.Linear):
     @classmethod
     def from_float(cls, module: nn.Linear, **spec: Any) -> CompositeLinear:
         """A ``CompositeLinear`` with ``module``'s shape, weight and bias (copied to every candidate)."""
-        new = cls(module.in_features, module.out_features, module.bias is not None,
-                  device=module.weight.device, dtype=module.weight.dtype, **spec)
+        new = layer_like(cls, module, **spec)
         new._copy_from_float(module)
         return new
 

@@ -7,7 +7,7 @@ weight with ``weight_quantizer`` and the layer INPUT with ``act_quantizer``.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -108,11 +108,7 @@ class QConv2d(_QuantizedMixin, nn.Conv2d):
     @classmethod
     def from_float(cls, module: nn.Conv2d, **spec: Any) -> QConv2d:
         """A ``QConv2d`` with ``module``'s geometry, weight and bias; ``spec`` = the keyword options."""
-        new = cls(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.dilation, module.groups, module.bias is not None, module.padding_mode,
-            device=module.weight.device, dtype=module.weight.dtype, **spec,
-        )
+        new = layer_like(cls, module, **spec)
         copy_float_params(module, new)
         return new
 
@@ -147,12 +143,24 @@ class QLinear(_QuantizedMixin, nn.Linear):
     @classmethod
     def from_float(cls, module: nn.Linear, **spec: Any) -> QLinear:
         """A ``QLinear`` with ``module``'s shape, weight and bias; ``spec`` = the keyword options."""
-        new = cls(
-            module.in_features, module.out_features, module.bias is not None,
-            device=module.weight.device, dtype=module.weight.dtype, **spec,
-        )
+        new = layer_like(cls, module, **spec)
         copy_float_params(module, new)
         return new
+
+
+L = TypeVar("L", bound=nn.Module)
+
+
+def layer_like(cls: type[L], module: nn.Conv2d | nn.Linear, **options: Any) -> L:
+    """A new ``cls`` (a ``Conv2d`` or ``Linear`` subclass) with ``module``'s geometry, device and dtype;
+    ``options`` are ``cls``'s keyword options. Its parameters are fresh: :func:`copy_float_params` copies
+    ``module``'s."""
+    factory = {"device": module.weight.device, "dtype": module.weight.dtype}
+    if isinstance(module, nn.Conv2d):
+        return cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                   module.dilation, module.groups, module.bias is not None, module.padding_mode,
+                   **factory, **options)
+    return cls(module.in_features, module.out_features, module.bias is not None, **factory, **options)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.nn import KindContext, QConv2d, QLinear, QuantSpec, following_batchnorms, register_layer_kind
-from core.nn.qlayers import build_quantizer, copy_float_params
+from core.nn.qlayers import build_quantizer, copy_float_params, layer_like
 from papers.basq.quant import CLIP_STEPS, ClipQuantizer
 
 #: The official L2-decay candidates (branch 0 is the strongest decay).
@@ -120,9 +120,7 @@ class BranchClipConv2d(nn.Conv2d):
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, **options: Any) -> BranchClipConv2d:
-        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                  module.dilation, module.groups, module.bias is not None, module.padding_mode,
-                  device=module.weight.device, dtype=module.weight.dtype, **options)
+        new = layer_like(cls, module, **options)
         copy_float_params(module, new)
         return new
 

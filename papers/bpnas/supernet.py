@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from core.errors import ConfigError
 from core.nn import KindContext, QuantSpec, build_quantizer, register_layer_kind
-from core.nn.qlayers import copy_float_params
+from core.nn.qlayers import copy_float_params, layer_like
 from core.policy import BitPolicy
 from core.quant.scale_clip import share_running_stat, stats_frozen
 
@@ -244,13 +244,10 @@ def build_pair_layer(module: nn.Module, spec: QuantSpec, name: str, ctx: KindCon
                      ) -> PairConv2d | PairLinear:
     """PairConv2d / PairLinear: BP-NAS's searchable layer over block-shared (w_bits, a_bits) pairs."""
     if isinstance(module, nn.Conv2d):
-        new = PairConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                         module.padding, module.dilation, module.groups, module.bias is not None,
-                         module.padding_mode, device=module.weight.device, dtype=module.weight.dtype)
+        new = layer_like(PairConv2d, module)
         channels = (module.out_channels, module.in_channels)
     else:
-        new = PairLinear(module.in_features, module.out_features, module.bias is not None,
-                         device=module.weight.device, dtype=module.weight.dtype)
+        new = layer_like(PairLinear, module)
         channels = (module.out_features, module.in_features)
     new._init_pairs(ctx.options["pairs"], spec.w_quant, spec.a_quant, dict(spec.w_options),
                     dict(spec.a_options), *channels)

@@ -41,7 +41,7 @@ from core.nn import (
     register_layer_kind,
     replace_module,
 )
-from core.nn.qlayers import build_quantizer, copy_float_params
+from core.nn.qlayers import build_quantizer, copy_float_params, layer_like
 from core.quant import FULL_PRECISION, LSQQuantizer, kernel
 from papers.onemps.probability import ProbabilityModel, build_probability_model, sample_gates
 
@@ -254,9 +254,7 @@ class SupernetConv2d(_SupernetMixin, nn.Conv2d):
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, **spec: Any) -> SupernetConv2d:
-        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                  module.dilation, module.groups, module.bias is not None, module.padding_mode,
-                  device=module.weight.device, dtype=module.weight.dtype, **spec)
+        new = layer_like(cls, module, **spec)
         new._copy_from_float(module)
         return new
 
@@ -281,8 +279,7 @@ class SupernetLinear(_SupernetMixin, nn.Linear):
 
     @classmethod
     def from_float(cls, module: nn.Linear, **spec: Any) -> SupernetLinear:
-        new = cls(module.in_features, module.out_features, module.bias is not None,
-                  device=module.weight.device, dtype=module.weight.dtype, **spec)
+        new = layer_like(cls, module, **spec)
         new._copy_from_float(module)
         return new
 
