@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ import torch
 from benchmarks.discovery import load_perf_groups
 from benchmarks.report import write_atomic
 from core.errors import ConfigError
+from core.timing import median_time
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,18 +60,6 @@ class Measurement:
 
 class Unavailable(Exception):
     """A group cannot run here; the message says why."""
-
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _vs(name: str, value: float, unit: str, baseline: str, baseline_value: float) -> Measurement:

@@ -13,8 +13,6 @@ speed comes from backends that fuse QDQ into integer kernels.
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from core.export.qdq import INPUT_NAME, ExportResult
+from core.timing import median_time
 
 
 @dataclass
@@ -76,13 +75,7 @@ def latency(model: Any, example: torch.Tensor, runs: int = 20) -> float:
 
     session = onnxruntime_session(model)
     feed = {INPUT_NAME: example.detach().cpu().numpy()}
-    session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(lambda: session.run(None, feed), runs)
 
 
 @dataclass

@@ -24,18 +24,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from core.timing import interleaved_samples, median_time
+
 QUICK = {"model": "digits_resnet", "kwargs": {"widths": [4, 8, 16], "blocks": 1}, "image_size": 16}
-
-
-def _median(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _paired(fn: Callable[[], object], baseline: Callable[[], object], repeats: int,
@@ -45,12 +36,8 @@ def _paired(fn: Callable[[], object], baseline: Callable[[], object], repeats: i
     for _ in range(warmup):
         fn()
         baseline()
-    a, b = [], []
-    for _ in range(repeats):
-        for f, out in ((fn, a), (baseline, b)):
-            t0 = time.perf_counter()
-            f()
-            out.append(time.perf_counter() - t0)
+    samples = interleaved_samples({"fn": fn, "baseline": baseline}, repeats)
+    a, b = samples["fn"], samples["baseline"]
     return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in zip(a, b))
 
 
@@ -164,7 +151,7 @@ def supernet_step(smoke: bool = False, batch_size: int = 64, repeats: int = 10) 
     basq = trainer(_quick_supernet(image_size=size), SupernetTrainer, teacher=teacher)
     t_basq, t_lsq, ratio = _paired(lambda: basq.train_step(batch), lambda: lsq.train_step(batch), repeats, 2)
     with torch.no_grad():
-        t_teacher = _median(lambda: teacher(batch[0]), repeats)
+        t_teacher = median_time(lambda: teacher(batch[0]), repeats)
     return {"batch_size": batch_size, "image_size": size, "lsq_step_s": t_lsq, "supernet_step_s": t_basq,
             "teacher_forward_s": t_teacher, "ratio": ratio,
             "ratio_without_teacher": (t_basq - t_teacher) / t_lsq}

@@ -20,9 +20,7 @@ a GPU).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -30,6 +28,7 @@ import torch
 from core.engine import build_optimizer
 from core.errors import ConfigError
 from core.io import print_json
+from core.timing import interleaved_medians
 from papers.bpnas.config import BpnasConfig, ModelConfig
 from papers.bpnas.losses import feasible_init
 from papers.bpnas.models import build_fixed_model, build_supernet
@@ -106,14 +105,7 @@ def search_step_times(model_name: str = "resnet20", batch: int = 128, image_size
         steps[variant] = _step(variant, model_name, x, y)
         for _ in range(warmup):
             steps[variant]()
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(rounds):
-        for variant in variants:
-            for _ in range(block):
-                t0 = time.perf_counter()
-                steps[variant]()
-                samples[variant].append(time.perf_counter() - t0)
-    times = {v: statistics.median(s) for v, s in samples.items()}
+    times = interleaved_medians(steps, rounds, block)
     return {"model": model_name, "batch": batch, "image_size": image_size, "device": str(dev),
             "threads": torch.get_num_threads(), "rounds": rounds, "block": block, "times": times,
             "ratios": {f"{a}/{b}": times[a] / times[b] for a, b in RATIOS if a in times and b in times}}

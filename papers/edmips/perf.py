@@ -13,7 +13,7 @@ step should cost about the uniform quantized step and hardly grow with the candi
 with ``core.quant.set_compiled(True)`` (the quantizers' ``torch.compile``d kernels; the first, compiling call
 is reported separately). The variants are timed in interleaved rounds (``rounds`` x ``block`` steps each) so
 that a slow phase of a shared machine hits all of them alike; each figure is the median over its steps, with
-Python's garbage collector off while they run (as ``timeit`` does). On the 2-core machine here one step's
+Python's garbage collector off while they run (``core.timing``). On the 2-core machine here one step's
 time varies by +-20 % from one step to the next, so the default takes 40 rounds of one step: with 15 steps
 per variant a run's w8 / w4 ratio moved by +-5 % from run to run, more than the margins it is judged by.
 
@@ -27,8 +27,6 @@ for the backward (on CPU the process's peak resident size was the same 4.4 GB fo
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +40,7 @@ from core.io import print_json
 from core.models import build_model
 from core.nn import QuantSpec, arch_parameters, quantize_model, weight_parameters
 from core.quant import is_compiled, set_compiled
+from core.timing import interleaved_medians
 from papers.edmips.complexity import ComplexityLoss, measure_layer_costs
 from papers.edmips.config import QuantConfig
 from papers.edmips.models import build_search_model
@@ -130,20 +129,8 @@ def search_step_times(model_name: str = "edmips_resnet18", batch: int = 32, imag
                     steps[variant]()
                 if dev.type == "cuda":
                     peak[variant] = torch.cuda.max_memory_allocated(dev) / 2**20
-            samples: dict[str, list[float]] = {v: [] for v in variants}
-            gc.collect()
-            gc.disable()
-            try:
-                for _ in range(rounds):
-                    for variant in variants:
-                        for _ in range(block):
-                            t0 = timer()
-                            steps[variant]()
-                            samples[variant].append(timer() - t0)
-            finally:
-                gc.enable()
+            times = interleaved_medians(steps, rounds, block, timer)
             del steps
-            times = {v: statistics.median(s) for v, s in samples.items()}
             out["times"][mode], out["first_call"][mode], out["peak_memory_mb"][mode] = times, first, peak
             out["ratios"][mode] = {f"{a}/{b}": times[a] / times[b] for a, b in RATIOS
                                    if a in times and b in times}

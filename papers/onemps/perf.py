@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from core.io import print_json
 from core.models import build_model
 from core.nn import QuantSpec, quantize_model
 from core.quant import is_compiled, set_compiled
+from core.timing import interleaved_medians
 from papers.onemps.common import build_supernet
 from papers.onemps.config import OneMpsConfig, load_onemps_config
 from papers.onemps.train import SupernetTrainer, objective_of
@@ -86,14 +86,7 @@ def step_times(model_name: str = "resnet18", batch: int = 32, image_size: int = 
             for fn in steps.values():
                 for _ in range(warmup):
                     fn()
-            samples: dict[str, list[float]] = {v: [] for v in variants}
-            for _ in range(rounds):
-                for v, fn in steps.items():
-                    for _ in range(block):
-                        t0 = time.perf_counter()
-                        fn()
-                        samples[v].append(time.perf_counter() - t0)
-            times = {v: statistics.median(s) for v, s in samples.items()}
+            times = interleaved_medians(steps, rounds, block)
             out["times"][mode] = times
             out["ratios"][mode] = {f"{v}/uniform": times[v] / times["uniform"] for v in variants
                                    if v != "uniform"}

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
 from core.extras import require
+from core.timing import interleaved_medians
 
 VARIANTS = ("float", "search_sample")
 
@@ -87,14 +86,7 @@ def det_step_times(depth: int = 50, image_size: int = 128, batch: int = 2, round
         steps[variant] = _step(variant, model_cfg, data, dev)
         for _ in range(warmup):
             steps[variant]()
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(rounds):
-        for variant in VARIANTS:
-            for _ in range(block):
-                t0 = time.perf_counter()
-                steps[variant]()
-                samples[variant].append(time.perf_counter() - t0)
-    times = {v: statistics.median(s) for v, s in samples.items()}
+    times = interleaved_medians(steps, rounds, block)
     return {"model": f"faster_rcnn_r{depth}_fpn", "image_size": image_size, "batch": batch,
             "device": str(dev), "threads": torch.get_num_threads(), "rounds": rounds, "block": block,
             "times": times, "ratio": times["search_sample"] / times["float"]}
