@@ -20,8 +20,9 @@ per variant a run's w8 / w4 ratio moved by +-5 % from run to run, more than the 
 :func:`saved_tensor_mb` measures the memory that could grow with the candidates: the tensors autograd keeps
 for the backward (on CPU the process's peak resident size was the same 4.4 GB for all four variants at
 224x224, allocator caching hiding the differences); on CUDA ``search_step_times`` also reports
-``torch.cuda.max_memory_allocated`` per variant. ``python -m papers.edmips.perf --image-size 224`` runs the
-224x224 measurement. ``PERF`` exposes the 32x32 figures to ``mpq bench perf``.
+``torch.cuda.max_memory_allocated`` per variant. ``python -m papers.edmips.perf --image-size 224
+--rounds 3`` runs the 224x224 measurement (a step takes seconds there). ``PERF`` exposes the 32x32 figures
+to ``mpq bench perf``.
 """
 
 from __future__ import annotations
