@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -139,14 +140,11 @@ class SupernetTrainer(Trainer):
         terms.update(eta=eta, tau=tau, top1=accuracy(out.detach(), targets))
         return loss, terms
 
-    def train_step(self, batch: Any) -> dict[str, Any]:
-        images, targets = move_to(batch, self.device)[:2]
-        loss, scalars = self.compute_loss(images, targets)
-        self.zero_grad()
-        loss.backward()
-        self.clip_gradients()
-        self.step_optimizers(None if self.epoch >= self.search.arch_warmup_epochs else ["weights"])
-        return scalars
+    def step_optimizers(self, names: Iterable[str] | None = None) -> None:
+        """Every optimizer, except the architecture's during the first ``search.arch_warmup_epochs``."""
+        if names is None and self.epoch < self.search.arch_warmup_epochs:
+            names = ["weights"]
+        super().step_optimizers(names)
 
 
 def build_for_training(cfg: OneMpsConfig, input_size: tuple[int, int, int], device: torch.device
